@@ -1,0 +1,230 @@
+//! The OpenSSH backend: one `sshd -i` (inetd mode) per connection, with the connection on its
+//! stdin/stdout, so no port is ever opened. sshd does authentication (the user's
+//! `authorized_keys`), sessions, SFTP and forwarding.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// Copy buffer per direction. sshd writes at most 64 KiB to a pipe at once; a larger buffer
+/// lets bursts from the client go through in fewer writes.
+const COPY_BUF: usize = 256 * 1024;
+
+/// After sshd exits, how long the rest of its output may take to reach the client.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// After SIGTERM on shutdown, how long sshd gets before it is killed.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// How the OpenSSH backend runs sshd.
+#[derive(Debug, Clone)]
+pub struct OpenSshConfig {
+    /// The sshd binary (absolute).
+    pub sshd: PathBuf,
+    /// The host key file (0600).
+    pub host_key: PathBuf,
+    /// `AuthorizedKeysFile` value: absolute, or relative to the user's home.
+    pub authorized_keys: String,
+    /// The only user sshd lets in: the one hubsshd runs as.
+    pub user: String,
+    /// Extra `-o KEY=VALUE` options, after ours (sshd keeps the first value it sees for most
+    /// keywords, so these cannot weaken the ones set here).
+    pub extra_options: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenSshError {
+    #[error("OpenSSH sshd not found (looked in PATH, /usr/sbin, /usr/local/sbin, /sbin): install openssh-server, pass --sshd PATH, or use --backend embedded")]
+    NotFound,
+    #[error("{} is not usable: {reason}", path.display())]
+    Unusable { path: PathBuf, reason: String },
+}
+
+/// The OpenSSH backend, checked and ready.
+#[derive(Debug)]
+pub struct OpenSsh {
+    config: OpenSshConfig,
+}
+
+/// Finds `name` on PATH or in the usual system directories (sbin is often not on a user's PATH).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl OpenSsh {
+    /// Checks that sshd accepts the configuration (`sshd -t`), so a broken install is an error
+    /// at start rather than at the first connection.
+    pub fn new(config: OpenSshConfig) -> Result<Self, OpenSshError> {
+        if !is_executable(&config.sshd) {
+            return Err(OpenSshError::Unusable {
+                path: config.sshd.clone(),
+                reason: "not an executable file".into(),
+            });
+        }
+        let backend = OpenSsh { config };
+        let out = std::process::Command::new(&backend.config.sshd)
+            .arg("-t")
+            .args(backend.args())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| OpenSshError::Unusable {
+                path: backend.config.sshd.clone(),
+                reason: e.to_string(),
+            })?;
+        if !out.status.success() {
+            let mut reason = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if reason.contains("privilege separation directory") {
+                reason.push_str(" (sshd run as root needs it: mkdir -p /run/sshd)");
+            }
+            return Err(OpenSshError::Unusable {
+                path: backend.config.sshd.clone(),
+                reason,
+            });
+        }
+        Ok(backend)
+    }
+
+    /// sshd's arguments, without the mode flag (`-i` or `-t`).
+    fn args(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut args: Vec<String> = vec![
+            "-e".into(),
+            "-f".into(),
+            "none".into(),
+            "-h".into(),
+            c.host_key.display().to_string(),
+        ];
+        let options = [
+            format!("AuthorizedKeysFile={}", c.authorized_keys),
+            format!("AllowUsers={}", c.user),
+            "PasswordAuthentication=no".into(),
+            "KbdInteractiveAuthentication=no".into(),
+            "PidFile=none".into(),
+            "Subsystem=sftp internal-sftp".into(),
+            "PrintMotd=no".into(),
+        ];
+        for o in options.into_iter().chain(c.extra_options.iter().cloned()) {
+            args.push("-o".into());
+            args.push(o);
+        }
+        args
+    }
+
+    /// Runs `sshd -i` for one connection and pumps bytes until the session ends.
+    pub async fn serve<S>(&self, mut stream: S, cancel: CancellationToken) -> io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut child = Command::new(&self.config.sshd)
+            .arg("-i")
+            .args(self.args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id();
+        debug!(pid, "sshd started");
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(io::Error::other("sshd started without its pipes"));
+        };
+        tokio::spawn(forward_log(stderr).in_current_span());
+        let mut sshd_io = tokio::io::join(stdout, ClosingStdin(Some(stdin)));
+        let pump =
+            tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut sshd_io, COPY_BUF, COPY_BUF);
+        tokio::pin!(pump);
+
+        let status = tokio::select! {
+            copied = &mut pump => {
+                log_pump(copied);
+                child.wait().await
+            }
+            status = child.wait() => {
+                // sshd is gone; let what it wrote last reach the client, then close.
+                if let Ok(copied) = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pump).await {
+                    log_pump(copied);
+                }
+                status
+            }
+            _ = cancel.cancelled() => {
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+                match tokio::time::timeout(TERM_GRACE, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => { child.kill().await?; child.wait().await }
+                }
+            }
+        }?;
+        debug!(%status, "sshd exited");
+        Ok(())
+    }
+}
+
+fn log_pump(copied: io::Result<(u64, u64)>) {
+    match copied {
+        Ok((up, down)) => debug!(bytes_in = up, bytes_out = down, "connection closed"),
+        Err(e) => debug!(%e, "connection ended"),
+    }
+}
+
+/// sshd logs to stderr with `-e`; its lines become hubsshd log events.
+async fn forward_log(stderr: tokio::process::ChildStderr) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains("error") || line.contains("fatal") || line.contains("failed") {
+            warn!(target: "hubsshd::sshd", "{line}");
+        } else {
+            info!(target: "hubsshd::sshd", "{line}");
+        }
+    }
+}
+
+/// sshd's stdin; shutting it down closes the pipe, so sshd sees EOF when the client goes away.
+struct ClosingStdin(Option<ChildStdin>);
+
+impl AsyncWrite for ClosingStdin {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.as_mut() {
+            Some(stdin) => Pin::new(stdin).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0 = None;
+        Poll::Ready(Ok(()))
+    }
+}

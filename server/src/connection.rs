@@ -1,0 +1,130 @@
+//! One accepted connection: tell its dialect, answer HTTP, upgrade WebSockets, and hand SSH bytes
+//! to the backend.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::dialect::{self, Dialect};
+use crate::http;
+use crate::prefixed::Prefixed;
+use crate::ws_io::{self, WsIo};
+use crate::Server;
+
+/// Serves one connection to its end. Errors are logged here: one bad client never affects others.
+pub async fn handle<S>(mut stream: S, server: Arc<Server>, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let dialect = match dialect::sniff(&mut stream).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(%e, "closing connection before it said anything useful");
+            return;
+        }
+    };
+    match dialect {
+        Dialect::Probe => debug!("empty connection (readiness probe)"),
+        Dialect::Unknown(first) => {
+            warn!(first_bytes = %escape(&first), "closing connection: neither HTTP nor SSH")
+        }
+        Dialect::Ssh(first) => {
+            info!("raw ssh connection");
+            serve_ssh(Prefixed::new(first, stream), &server, cancel).await;
+        }
+        Dialect::Http(first) => serve_http(stream, first, &server, cancel).await,
+    }
+}
+
+async fn serve_ssh<S>(stream: S, server: &Server, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if let Err(e) = server.backend.serve(stream, cancel).await {
+        warn!(%e, "ssh session failed");
+    }
+}
+
+async fn serve_http<S>(mut stream: S, first: Bytes, server: &Server, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head = match http::read_head(&mut stream, first).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(%e, "closing connection: bad HTTP request");
+            let _ = http::respond(&mut stream, 400, "Bad Request", "bad request\n").await;
+            return;
+        }
+    };
+    let path = head.path.split('?').next().unwrap_or_default().to_owned();
+    if !http::is_tunnel_path(&head.path) {
+        info!(method = %head.method, %path, "404 for a path hubsshd does not serve");
+        let body = "hubsshd serves its tunnel at / and at .../sshd/ only\n";
+        let _ = http::respond(&mut stream, 404, "Not Found", body).await;
+        return;
+    }
+    if !head.upgrade {
+        let (status, reason, body) = match head.method.as_str() {
+            "GET" | "HEAD" => (200, "OK", status_text(server)),
+            _ => (
+                405,
+                "Method Not Allowed",
+                "hubsshd answers GET and WebSocket upgrades only\n".into(),
+            ),
+        };
+        let _ = http::respond(&mut stream, status, reason, &body).await;
+        return;
+    }
+    let stream = Prefixed::new(head.raw, stream);
+    let accept = |_: &Request, response: Response| Ok(response);
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        accept,
+        Some(ws_io::config()),
+    )
+    .await
+    {
+        Ok(ws) => ws,
+        Err(e) => {
+            warn!(%e, %path, "websocket handshake failed");
+            return;
+        }
+    };
+    info!(%path, "websocket tunnel open");
+    serve_ssh(WsIo::new(ws), server, cancel).await;
+}
+
+fn status_text(server: &Server) -> String {
+    format!(
+        "hubsshd {} is running (backend: {}). Connect with: ssh -o ProxyCommand='hubssh proxy <this URL>' host\n",
+        env!("CARGO_PKG_VERSION"),
+        server.backend.name()
+    )
+}
+
+/// Printable form of a client's first bytes, for the log (at most 32 of them).
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in bytes.iter().take(32) {
+        if b.is_ascii_graphic() || b == b' ' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escape_is_printable() {
+        assert_eq!(super::escape(b"ab\x00\n c"), "ab\\x00\\x0a c");
+    }
+}

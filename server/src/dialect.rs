@@ -1,0 +1,127 @@
+//! Tells what a new connection speaks from its first bytes: HTTP (a WebSocket upgrade or a status
+//! request), raw SSH (what jupyter-server-proxy's `raw_socket_proxy` forwards), an empty readiness
+//! probe, or something else.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// How long a client may take to send its first bytes. OpenSSH clients send their version line
+/// at once, and so does any HTTP client; a silent peer is a stuck or hostile one.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes needed to tell the dialects apart (`GET `, `SSH-`).
+const SNIFF_LEN: usize = 4;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// An HTTP request; the bytes read so far.
+    Http(Bytes),
+    /// An SSH version exchange; the bytes read so far.
+    Ssh(Bytes),
+    /// The peer closed without sending anything (jupyter-server-proxy's readiness check).
+    Probe,
+    /// Anything else, with the bytes that gave it away.
+    Unknown(Bytes),
+}
+
+/// Reads just enough of `stream` to name its dialect. The bytes read are returned inside the
+/// verdict so the caller can replay them.
+pub async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Dialect> {
+    let mut buf = BytesMut::with_capacity(1024);
+    while buf.len() < SNIFF_LEN {
+        let n = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.read_buf(&mut buf)).await {
+            Ok(read) => read?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no bytes from the client within 30 s",
+                ))
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if !could_be(&buf) {
+            break;
+        }
+    }
+    Ok(classify(buf.freeze()))
+}
+
+fn could_be(buf: &[u8]) -> bool {
+    [&b"GET "[..], b"SSH-", b"HEAD", b"POST"]
+        .iter()
+        .any(|p| p.starts_with(&buf[..buf.len().min(p.len())]))
+}
+
+fn classify(buf: Bytes) -> Dialect {
+    if buf.is_empty() {
+        Dialect::Probe
+    } else if buf.starts_with(b"SSH-") {
+        Dialect::Ssh(buf)
+    } else if buf.len() >= SNIFF_LEN && buf[..SNIFF_LEN].iter().all(u8::is_ascii_uppercase)
+        || buf.starts_with(b"GET ")
+    {
+        Dialect::Http(buf)
+    } else {
+        Dialect::Unknown(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn sniff_bytes(input: &'static [u8]) -> Dialect {
+        let (mut far, mut near) = tokio::io::duplex(64);
+        far.write_all(input).await.unwrap();
+        drop(far);
+        sniff(&mut near).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn tells_dialects_apart() {
+        let cases: &[(&[u8], fn(&Dialect) -> bool)] = &[
+            (b"GET / HTTP/1.1\r\n", |d| matches!(d, Dialect::Http(_))),
+            (b"POST / HTTP/1.1\r\n", |d| matches!(d, Dialect::Http(_))),
+            (b"SSH-2.0-OpenSSH_9.2\r\n", |d| matches!(d, Dialect::Ssh(_))),
+            (b"", |d| *d == Dialect::Probe),
+            (b"\x16\x03\x01\x02", |d| matches!(d, Dialect::Unknown(_))),
+            (b"hello there", |d| matches!(d, Dialect::Unknown(_))),
+            (b"SS", |d| matches!(d, Dialect::Unknown(_))),
+        ];
+        for (input, ok) in cases {
+            let got = sniff_bytes(input).await;
+            assert!(
+                ok(&got),
+                "{:?} sniffed as {got:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_every_byte_read() {
+        let got = sniff_bytes(b"SSH-2.0-x\r\n").await;
+        let Dialect::Ssh(bytes) = got else {
+            panic!("not ssh")
+        };
+        assert!(b"SSH-2.0-x\r\n".starts_with(&bytes));
+    }
+
+    #[tokio::test]
+    async fn split_first_bytes_are_joined() {
+        let (mut far, mut near) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            far.write_all(b"SS").await.unwrap();
+            tokio::task::yield_now().await;
+            far.write_all(b"H-2.0\r\n").await.unwrap();
+        });
+        let got = sniff(&mut near).await.unwrap();
+        writer.await.unwrap();
+        assert!(matches!(got, Dialect::Ssh(_)), "{got:?}");
+    }
+}

@@ -1,0 +1,119 @@
+//! hubsshd: the server side of hubssh. It accepts connections on one listener (TCP or a unix
+//! socket), tells WebSocket upgrades from raw SSH, and serves SSH over them with a backend.
+//!
+//! Map: [`listener`] binds and accepts; [`connection`] handles one connection; [`dialect`] sniffs
+//! its first bytes; [`http`] reads request heads; [`ws_io`] turns a WebSocket into a byte
+//! stream; [`prefixed`] replays sniffed bytes; [`backend`] runs the SSH server; [`state`] keeps
+//! the host key.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod connection;
+pub mod dialect;
+pub mod http;
+pub mod listener;
+pub mod prefixed;
+pub mod state;
+pub mod ws_io;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+pub use backend::Backend;
+pub use listener::Listener;
+
+/// Most connections served at once; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// Pause after a failed accept (for example out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How hubsshd authenticates WebSocket clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Nobody is checked: only for loopback and unix-socket listeners.
+    None,
+}
+
+/// Everything a connection needs.
+#[derive(Debug)]
+pub struct Server {
+    pub backend: Backend,
+    pub auth: Auth,
+    /// How long live sessions may go on after shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--auth none lets anyone who can reach {0} in; use it on a loopback address or a unix socket only")]
+    UnauthenticatedExposed(String),
+}
+
+/// Accepts connections on `listener` until `shutdown` fires, then gives live sessions
+/// `shutdown_grace` to finish and ends the rest.
+///
+/// # Errors
+/// Refuses to start when the listener and the auth mode together would expose SSH to others.
+pub async fn serve(
+    listener: Listener,
+    server: Server,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    if server.auth == Auth::None && !listener.is_local() {
+        return Err(ServeError::UnauthenticatedExposed(listener.describe()));
+    }
+    let server = Arc::new(server);
+    let tracker = TaskTracker::new();
+    let sessions = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut next_id: u64 = 0;
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (conn, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(%e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let span = info_span!("conn", id = next_id, %peer);
+        let (server, cancel) = (server.clone(), sessions.child_token());
+        tracker.spawn(
+            async move {
+                connection::handle(conn, server, cancel).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    tracker.close();
+    if !tracker.is_empty() {
+        info!(live = tracker.len(), grace = ?server.shutdown_grace, "shutting down: waiting for live sessions");
+        if tokio::time::timeout(server.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            info!(live = tracker.len(), "grace period over: ending sessions");
+            sessions.cancel();
+            tracker.wait().await;
+        }
+    }
+    info!("stopped");
+    Ok(())
+}

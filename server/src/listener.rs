@@ -1,0 +1,157 @@
+//! The listening socket: loopback/any TCP or a unix socket file (created 0600, a stale one
+//! replaced, removed again when the listener is dropped).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{umask, Mode};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_util::either::Either;
+
+/// One accepted connection, over TCP or a unix socket.
+pub type Conn = Either<TcpStream, UnixStream>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on unix socket {}: {source}", path.display())]
+    Unix { path: PathBuf, source: io::Error },
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("another server is already listening on {}", .0.display())]
+    InUse(PathBuf),
+}
+
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
+}
+
+impl Listener {
+    /// Binds a TCP listener; port 0 picks a free port (see [`Listener::describe`]).
+    pub async fn bind_tcp(addr: SocketAddr) -> Result<Self, BindError> {
+        TcpListener::bind(addr)
+            .await
+            .map(Listener::Tcp)
+            .map_err(|source| BindError::Tcp { addr, source })
+    }
+
+    /// Binds a unix socket at `path`, readable and writable by this user only. A stale socket
+    /// left by a crashed server is replaced; a live one is an error.
+    pub fn bind_unix(path: &Path) -> Result<Self, BindError> {
+        let unix_err = |source| BindError::Unix {
+            path: path.to_owned(),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(BindError::NotASocket(path.to_owned()));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(BindError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(unix_err)?;
+        }
+        // The umask makes the socket 0600 from its first instant, before any chmod could run.
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let bound = std::os::unix::net::UnixListener::bind(path);
+        umask(old);
+        let std_listener = bound.map_err(unix_err)?;
+        std_listener.set_nonblocking(true).map_err(unix_err)?;
+        let listener = UnixListener::from_std(std_listener).map_err(unix_err)?;
+        Ok(Listener::Unix {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Where we listen, for the `listening on ...` line.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("tcp (unknown address: {e})")),
+            Listener::Unix { path, .. } => format!("unix:{}", path.display()),
+        }
+    }
+
+    /// True when only this machine's users can connect: a unix socket or a loopback address.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Listener::Tcp(l) => l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+            Listener::Unix { .. } => true,
+        }
+    }
+
+    /// Waits for the next connection; returns it with a printable peer name.
+    pub async fn accept(&self) -> io::Result<(Conn, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                // SSH is interactive: keystrokes must not wait for Nagle.
+                stream.set_nodelay(true)?;
+                Ok((Either::Left(stream), peer.to_string()))
+            }
+            Listener::Unix { listener, path } => {
+                let (stream, _) = listener.accept().await?;
+                Ok((Either::Right(stream), format!("unix:{}", path.display())))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn unix_socket_is_private_replaced_when_stale_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        {
+            let _stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        }
+        assert!(path.exists(), "a stale socket file stays behind");
+        let listener = Listener::bind_unix(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            Listener::bind_unix(&path),
+            Err(BindError::InUse(_))
+        ));
+        drop(listener);
+        assert!(!path.exists());
+
+        std::fs::write(&path, b"x").unwrap();
+        assert!(matches!(
+            Listener::bind_unix(&path),
+            Err(BindError::NotASocket(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn loopback_is_local() {
+        let l = Listener::bind_tcp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        assert!(l.is_local());
+        assert!(l.describe().starts_with("127.0.0.1:"));
+    }
+}

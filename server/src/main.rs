@@ -1,0 +1,163 @@
+//! `hubsshd`: parses the command line, prepares the backend and runs the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use hubsshd::backend::openssh::{find_program, OpenSsh, OpenSshConfig};
+use hubsshd::{state, Auth, Backend, Listener, Server};
+use tokio_util::sync::CancellationToken;
+
+/// Serve SSH over a WebSocket tunnel (behind jupyter-server-proxy or standalone).
+#[derive(Parser, Debug)]
+#[command(name = "hubsshd", version)]
+struct Args {
+    /// Listen on this TCP address (port 0 picks a free port).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "unix_socket",
+        required_unless_present = "unix_socket"
+    )]
+    listen: Option<SocketAddr>,
+    /// Listen on this unix socket (created 0600, removed on exit).
+    #[arg(long, value_name = "PATH")]
+    unix_socket: Option<PathBuf>,
+    /// SSH server behind the tunnel.
+    #[arg(long, value_enum, default_value_t = BackendArg::Openssh)]
+    backend: BackendArg,
+    /// How WebSocket clients are authenticated. `none` is for loopback and unix sockets only.
+    #[arg(long, value_enum, default_value_t = AuthArg::None)]
+    auth: AuthArg,
+    /// Where the host key is kept [default: ~/.local/share/hubssh].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The OpenSSH sshd binary [default: found on PATH or in /usr/sbin].
+    #[arg(long, value_name = "PATH")]
+    sshd: Option<PathBuf>,
+    /// authorized_keys file (absolute, or relative to home).
+    #[arg(long, value_name = "PATH", default_value = ".ssh/authorized_keys")]
+    authorized_keys: String,
+    /// Extra sshd option for the openssh backend, as KEY=VALUE (repeatable).
+    #[arg(long = "sshd-option", value_name = "KEY=VALUE")]
+    sshd_options: Vec<String>,
+    /// Seconds live sessions may go on after SIGINT/SIGTERM.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    shutdown_grace: u64,
+    /// Log debug detail.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Openssh,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AuthArg {
+    None,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    init_tracing(args.verbose);
+    if let Err(e) = run(args).await {
+        eprintln!("hubsshd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing(verbose: bool) {
+    let default = if verbose {
+        "hubsshd=debug,info"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUBSSHD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(args: Args) -> Result<()> {
+    let state_dir = match args.state_dir {
+        Some(d) => d,
+        None => state::default_dir()?,
+    };
+    let backend = match args.backend {
+        BackendArg::Openssh => {
+            let sshd = match args.sshd {
+                Some(p) => p,
+                None => {
+                    find_program("sshd").ok_or(hubsshd::backend::openssh::OpenSshError::NotFound)?
+                }
+            };
+            let keygen = find_program("ssh-keygen")
+                .context("ssh-keygen not found: install openssh-client")?;
+            let host_key = state::ensure_host_key(&state_dir, &keygen)?;
+            let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .context("cannot find this user's passwd entry")?;
+            Backend::OpenSsh(OpenSsh::new(OpenSshConfig {
+                sshd,
+                host_key,
+                authorized_keys: args.authorized_keys,
+                user: user.name,
+                extra_options: args.sshd_options,
+            })?)
+        }
+    };
+    let auth = match args.auth {
+        AuthArg::None => Auth::None,
+    };
+    let listener = match (&args.listen, &args.unix_socket) {
+        (Some(addr), _) => Listener::bind_tcp(*addr).await?,
+        (None, Some(path)) => Listener::bind_unix(path)?,
+        (None, None) => bail!("pass --listen ADDR or --unix-socket PATH"),
+    };
+    let server = Server {
+        backend,
+        auth,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    if auth == Auth::None && !listener.is_local() {
+        bail!(hubsshd::ServeError::UnauthenticatedExposed(
+            listener.describe()
+        ));
+    }
+    eprintln!(
+        "hubsshd: listening on {} (backend: {})",
+        listener.describe(),
+        server.backend.name()
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    hubsshd::serve(listener, server, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received: shutting down");
+    shutdown.cancel();
+}
