@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -82,13 +81,7 @@ where
         return;
     }
     let stream = Prefixed::new(head.raw, stream);
-    let accept = |_: &Request, response: Response| Ok(response);
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        accept,
-        Some(ws_io::config()),
-    )
-    .await
+    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(ws_io::config())).await
     {
         Ok(ws) => ws,
         Err(e) => {
