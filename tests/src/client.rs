@@ -88,8 +88,21 @@ impl Env {
 
     /// Writes the ssh config: `Host hub` through `proxy_command`, this env's key and known_hosts.
     pub fn write_config(&self, proxy_command: &str) {
+        self.write_config_lines(&format!(
+            "  HostName hub.test\n  ProxyCommand {proxy_command}\n"
+        ));
+    }
+
+    /// Writes the ssh config with `Host hub` going straight to a TCP port on loopback.
+    pub fn write_direct_config(&self, port: u16) {
+        self.write_config_lines(&format!(
+            "  HostName 127.0.0.1\n  Port {port}\n  HostKeyAlias hub.test\n"
+        ));
+    }
+
+    fn write_config_lines(&self, route: &str) {
         let text = format!(
-            "Host hub\n  HostName hub.test\n  User {user}\n  ProxyCommand {proxy_command}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 20\n  ControlPath none\n",
+            "Host hub\n{route}  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 20\n  ControlPath none\n",
             user = crate::user_name(),
             key = self.key.display(),
             kh = self.path().join("known_hosts").display(),

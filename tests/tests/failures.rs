@@ -191,38 +191,6 @@ fn garbage_and_probes_leave_live_sessions_alone() {
 }
 
 #[test]
-fn shutdown_ends_sessions_and_removes_the_socket() {
-    let env = Env::new();
-    let mut server = env.start(Route::Raw, &["--shutdown-grace", "1"]);
-    let socket = server.socket.clone().unwrap();
-    let live = env
-        .ssh()
-        .args(["hub", "sleep 60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        procs::wait_until(20, || server.log().contains("Accepted publickey")),
-        "{}",
-        server.log()
-    );
-    server.signal(15);
-    let status = server
-        .wait_exit(10)
-        .expect("hubsshd exits after SIGTERM and the grace period");
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        server.log()
-    );
-    assert!(!socket.exists(), "the unix socket is removed on exit");
-    let out = procs::wait(live, 10, "the session cut by shutdown");
-    assert!(!out.status.success());
-}
-
-#[test]
 fn start_up_refusals_are_one_line() {
     let scratch = hubssh_tests::scratch();
     let state = scratch.path().join("state");

@@ -23,7 +23,7 @@ const COPY_BUF: usize = 256 * 1024;
 /// After sshd exits, how long the rest of its output may take to reach the client.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
 
-/// After SIGTERM on shutdown, how long sshd gets before it is killed.
+/// How long sshd gets to exit once its connection is gone, and again after SIGTERM.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
 /// How the OpenSSH backend runs sshd.
@@ -142,43 +142,69 @@ impl OpenSsh {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
-        let pid = child.id();
-        debug!(pid, "sshd started");
+        debug!(pid = child.id(), "sshd started");
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(io::Error::other("sshd started without its pipes"));
         };
         tokio::spawn(forward_log(stderr).in_current_span());
-        let mut sshd_io = tokio::io::join(stdout, ClosingStdin(Some(stdin)));
-        let pump =
-            tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut sshd_io, COPY_BUF, COPY_BUF);
-        tokio::pin!(pump);
 
-        let status = tokio::select! {
-            copied = &mut pump => {
-                log_pump(copied);
-                child.wait().await
-            }
-            status = child.wait() => {
-                // sshd is gone; let what it wrote last reach the client, then close.
-                if let Ok(copied) = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pump).await {
+        let exited = {
+            let mut sshd_io = tokio::io::join(stdout, ClosingStdin(Some(stdin)));
+            let pump = tokio::io::copy_bidirectional_with_sizes(
+                &mut stream,
+                &mut sshd_io,
+                COPY_BUF,
+                COPY_BUF,
+            );
+            tokio::pin!(pump);
+            tokio::select! {
+                copied = &mut pump => {
                     log_pump(copied);
+                    None
                 }
-                status
+                status = child.wait() => {
+                    // sshd is gone; let what it wrote last reach the client, then close.
+                    if let Ok(copied) = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pump).await {
+                        log_pump(copied);
+                    }
+                    Some(status)
+                }
+                _ = cancel.cancelled() => None,
             }
-            _ = cancel.cancelled() => {
-                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-                }
-                match tokio::time::timeout(TERM_GRACE, child.wait()).await {
-                    Ok(status) => status,
-                    Err(_) => { child.kill().await?; child.wait().await }
+            // Dropping the pump closes sshd's stdin: it sees EOF and ends the session.
+        };
+        let status = match exited {
+            Some(status) => status?,
+            None => {
+                let ended = tokio::select! {
+                    status = child.wait() => Some(status),
+                    _ = cancel.cancelled() => None,
+                    _ = tokio::time::sleep(TERM_GRACE) => None,
+                };
+                match ended {
+                    Some(status) => status?,
+                    None => stop(&mut child).await?,
                 }
             }
-        }?;
+        };
         debug!(%status, "sshd exited");
         Ok(())
+    }
+}
+
+/// Ends sshd: SIGTERM, then SIGKILL if it is still there after [`TERM_GRACE`].
+async fn stop(child: &mut tokio::process::Child) -> io::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            child.kill().await?;
+            child.wait().await
+        }
     }
 }
 

