@@ -53,6 +53,30 @@ pub struct Server {
 pub enum ServeError {
     #[error("--auth none lets anyone who can reach {0} in; use it on a loopback address or a unix socket only")]
     UnauthenticatedExposed(String),
+    #[error("--ssh-auth tunnel on {0} would let others in without a key: {1}. Use --ssh-auth keys, or a unix socket in a private directory")]
+    TunnelExposed(String, String),
+}
+
+/// Checks that the listener and the auth settings together keep strangers out.
+///
+/// # Errors
+/// `--auth none` anywhere but loopback or a unix socket; the `tunnel` SSH policy on a listener
+/// that other users could reach.
+pub fn check_exposure(listener: &Listener, server: &Server) -> Result<(), ServeError> {
+    if server.auth == Auth::None && !listener.is_local() {
+        return Err(ServeError::UnauthenticatedExposed(listener.describe()));
+    }
+    if let Backend::Embedded(e) = &server.backend {
+        if *e.auth() == backend::embedded::SshAuth::Tunnel {
+            if let Err(why) = listener.private_to_owner() {
+                return Err(ServeError::TunnelExposed(listener.describe(), why));
+            }
+            if matches!(listener, Listener::Tcp(_)) {
+                warn!("--ssh-auth tunnel on loopback TCP: any local user can log in as this user; use it for tests and demos only");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Accepts connections on `listener` until `shutdown` fires, then gives live sessions
@@ -65,9 +89,7 @@ pub async fn serve(
     server: Server,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    if server.auth == Auth::None && !listener.is_local() {
-        return Err(ServeError::UnauthenticatedExposed(listener.describe()));
-    }
+    check_exposure(&listener, &server)?;
     let server = Arc::new(server);
     let tracker = TaskTracker::new();
     let sessions = CancellationToken::new();

@@ -91,6 +91,34 @@ impl Listener {
         }
     }
 
+    /// Whether only this user can connect without the hub's say-so: a unix socket whose
+    /// directory nobody else can write to (so nobody can swap the socket), or loopback TCP (which
+    /// is for tests and demos: other local users can reach it). `Err` says why not.
+    pub fn private_to_owner(&self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        match self {
+            Listener::Tcp(_) if self.is_local() => Ok(()),
+            Listener::Tcp(_) => Err("it is a network address".into()),
+            Listener::Unix { path, .. } => {
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let meta = std::fs::metadata(dir)
+                    .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+                let me = nix::unistd::geteuid().as_raw();
+                let sticky = meta.mode() & 0o1000 != 0;
+                if meta.uid() != me && meta.uid() != 0 {
+                    Err(format!("{} belongs to another user", dir.display()))
+                } else if meta.mode() & 0o022 != 0 && !sticky {
+                    Err(format!("others may write to {}", dir.display()))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// Waits for the next connection; returns it with a printable peer name.
     pub async fn accept(&self) -> io::Result<(Conn, String)> {
         match self {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use hubsshd::backend::openssh::{find_program, OpenSsh, OpenSshConfig};
+use hubsshd::backend::embedded::{Embedded, SshAuth, UserInfo};
+use hubsshd::backend::openssh::{find_program, OpenSsh, OpenSshConfig, OpenSshError};
 use hubsshd::{state, Auth, Backend, Listener, Server};
 use tokio_util::sync::CancellationToken;
 
@@ -25,21 +26,27 @@ struct Args {
     /// Listen on this unix socket (created 0600, removed on exit).
     #[arg(long, value_name = "PATH")]
     unix_socket: Option<PathBuf>,
-    /// SSH server behind the tunnel.
-    #[arg(long, value_enum, default_value_t = BackendArg::Openssh)]
+    /// SSH server behind the tunnel: built in, or OpenSSH's sshd.
+    #[arg(long, value_enum, default_value_t = BackendArg::Embedded)]
     backend: BackendArg,
     /// How WebSocket clients are authenticated. `none` is for loopback and unix sockets only.
     #[arg(long, value_enum, default_value_t = AuthArg::None)]
     auth: AuthArg,
+    /// How SSH clients are authenticated (embedded backend) [default: tunnel on a unix socket, keys otherwise].
+    #[arg(long, value_enum)]
+    ssh_auth: Option<SshAuthArg>,
+    /// Allow `--ssh-auth tunnel` when running as root (containers whose only user is root).
+    #[arg(long)]
+    allow_root_tunnel: bool,
     /// Where the host key is kept [default: ~/.local/share/hubssh].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// The OpenSSH sshd binary [default: found on PATH or in /usr/sbin].
-    #[arg(long, value_name = "PATH")]
-    sshd: Option<PathBuf>,
     /// authorized_keys file (absolute, or relative to home).
     #[arg(long, value_name = "PATH", default_value = ".ssh/authorized_keys")]
     authorized_keys: String,
+    /// The OpenSSH sshd binary [default: found on PATH or in /usr/sbin].
+    #[arg(long, value_name = "PATH")]
+    sshd: Option<PathBuf>,
     /// Extra sshd option for the openssh backend, as KEY=VALUE (repeatable).
     #[arg(long = "sshd-option", value_name = "KEY=VALUE")]
     sshd_options: Vec<String>,
@@ -53,12 +60,19 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
+    Embedded,
     Openssh,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum AuthArg {
     None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SshAuthArg {
+    Tunnel,
+    Keys,
 }
 
 #[tokio::main]
@@ -87,28 +101,36 @@ fn init_tracing(verbose: bool) {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let state_dir = match args.state_dir {
-        Some(d) => d,
+    let state_dir = match &args.state_dir {
+        Some(d) => d.clone(),
         None => state::default_dir()?,
     };
+    let user = UserInfo::current().context("cannot find this user's passwd entry")?;
+    let (host_key_path, host_key) = state::ensure_host_key(&state_dir)?;
     let backend = match args.backend {
+        BackendArg::Embedded => {
+            let default = if args.unix_socket.is_some() {
+                SshAuthArg::Tunnel
+            } else {
+                SshAuthArg::Keys
+            };
+            let auth = match args.ssh_auth.unwrap_or(default) {
+                SshAuthArg::Tunnel if user.is_root() && !args.allow_root_tunnel => bail!(
+                    "refusing --ssh-auth tunnel as root: anyone reaching the tunnel would be root without a key. Use --ssh-auth keys (or --allow-root-tunnel where root is the only user)"
+                ),
+                SshAuthArg::Tunnel => SshAuth::Tunnel,
+                SshAuthArg::Keys => SshAuth::Keys(user.home.join(&args.authorized_keys)),
+            };
+            Backend::Embedded(Embedded::new(host_key, auth, user))
+        }
         BackendArg::Openssh => {
             let sshd = match args.sshd {
                 Some(p) => p,
-                None => {
-                    find_program("sshd").ok_or(hubsshd::backend::openssh::OpenSshError::NotFound)?
-                }
+                None => find_program("sshd").ok_or(OpenSshError::NotFound)?,
             };
-            let keygen = find_program("ssh-keygen")
-                .context("ssh-keygen not found: install openssh-client")?;
-            let host_key = state::ensure_host_key(&state_dir, &keygen)?;
-            let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-                .ok()
-                .flatten()
-                .context("cannot find this user's passwd entry")?;
             Backend::OpenSsh(OpenSsh::new(OpenSshConfig {
                 sshd,
-                host_key,
+                host_key: host_key_path,
                 authorized_keys: args.authorized_keys,
                 user: user.name,
                 extra_options: args.sshd_options,
@@ -128,11 +150,7 @@ async fn run(args: Args) -> Result<()> {
         auth,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
-    if auth == Auth::None && !listener.is_local() {
-        bail!(hubsshd::ServeError::UnauthenticatedExposed(
-            listener.describe()
-        ));
-    }
+    hubsshd::check_exposure(&listener, &server)?;
     eprintln!(
         "hubsshd: listening on {} (backend: {})",
         listener.describe(),

@@ -4,7 +4,8 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use russh::keys::PrivateKey;
 
 /// File name of the ed25519 host key inside the state directory.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -44,27 +45,30 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Returns the path of the host key in `dir`, generating it with `ssh-keygen` on first use.
-pub fn ensure_host_key(dir: &Path, ssh_keygen: &Path) -> Result<PathBuf, StateError> {
+/// The host key in `dir`: loaded, or generated (ed25519, 0600) on first use. Both backends use
+/// this file, so switching backends does not change the host key clients know.
+pub fn ensure_host_key(dir: &Path) -> Result<(PathBuf, PrivateKey), StateError> {
     ensure_dir(dir)?;
     let path = dir.join(HOST_KEY_FILE);
     let fail = |reason: String| StateError::HostKey {
         path: path.clone(),
         reason,
     };
-    if !path.exists() {
-        let out = Command::new(ssh_keygen)
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "hubsshd", "-f"])
-            .arg(&path)
-            .output()
-            .map_err(|e| fail(format!("cannot run {}: {e}", ssh_keygen.display())))?;
-        if !out.status.success() {
-            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
-        }
-    }
+    let key = if path.exists() {
+        russh::keys::load_secret_key(&path, None).map_err(|e| fail(e.to_string()))?
+    } else {
+        let key = PrivateKey::random(
+            &mut russh::keys::key::safe_rng(),
+            russh::keys::Algorithm::Ed25519,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        key.write_openssh_file(&path, russh::keys::ssh_key::LineEnding::LF)
+            .map_err(|e| fail(e.to_string()))?;
+        key
+    };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| fail(e.to_string()))?;
-    Ok(path)
+    Ok((path, key))
 }
 
 #[cfg(test)]
@@ -80,5 +84,15 @@ mod tests {
         ensure_dir(&dir).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn host_key_is_private_and_stable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, first) = ensure_host_key(tmp.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (_, again) = ensure_host_key(tmp.path()).unwrap();
+        assert_eq!(first.public_key().key_data(), again.public_key().key_data());
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::procs::{self, Finished};
+pub use crate::server::Backend;
 use crate::server::{Hubsshd, Listen};
 
 /// How ssh reaches hubsshd.
@@ -62,9 +63,15 @@ impl Env {
         self.dir.path()
     }
 
-    /// Starts hubsshd for `route` (OpenSSH backend) and points `Host hub` at it.
-    pub fn start(&self, route: Route, extra: &[&str]) -> Hubsshd {
-        let server = Hubsshd::start(self.path(), route.listen(), &self.authorized_keys, extra);
+    /// Starts hubsshd with `backend` for `route` and points `Host hub` at it.
+    pub fn start(&self, backend: Backend, route: Route, extra: &[&str]) -> Hubsshd {
+        let server = Hubsshd::start(
+            self.path(),
+            backend,
+            route.listen(),
+            &self.authorized_keys,
+            extra,
+        );
         self.write_config(&self.proxy_command(route, &server));
         server
     }

@@ -16,6 +16,22 @@ pub enum Listen {
     Unix,
 }
 
+/// Which SSH server hubsshd runs behind the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    OpenSsh,
+}
+
+impl Backend {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::OpenSsh => "openssh",
+        }
+    }
+}
+
 /// A hubsshd process.
 pub struct Hubsshd {
     child: Child,
@@ -26,13 +42,22 @@ pub struct Hubsshd {
 }
 
 impl Hubsshd {
-    /// Starts hubsshd with its state in `dir`, the OpenSSH backend reading `authorized_keys`,
-    /// plus `extra` arguments; waits for its `listening on` line.
-    pub fn start(dir: &Path, listen: Listen, authorized_keys: &Path, extra: &[&str]) -> Hubsshd {
+    /// Starts hubsshd with its state in `dir` and `backend` letting in the keys of
+    /// `authorized_keys`, plus `extra` arguments; waits for its `listening on` line.
+    pub fn start(
+        dir: &Path,
+        backend: Backend,
+        listen: Listen,
+        authorized_keys: &Path,
+        extra: &[&str],
+    ) -> Hubsshd {
         let mut cmd = Command::new(crate::bin("hubsshd"));
         cmd.arg("--state-dir").arg(dir.join("state"));
         cmd.arg("--authorized-keys").arg(authorized_keys);
-        cmd.args(["--backend", "openssh"]);
+        cmd.args(["--backend", backend.arg()]);
+        if backend == Backend::Embedded && !extra.contains(&"--ssh-auth") {
+            cmd.args(["--ssh-auth", "keys"]);
+        }
         let socket = match listen {
             Listen::Tcp => {
                 cmd.args(["--listen", "127.0.0.1:0"]);
@@ -99,6 +124,15 @@ impl Hubsshd {
     /// The tunnel URL on the TCP listener.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/user/test/sshd/", self.addr)
+    }
+
+    /// Waits until a client has logged in (either backend's log line), at most 20 s.
+    pub fn wait_for_login(&self) {
+        let seen = procs::wait_until(20, || {
+            let log = self.log();
+            log.contains("Accepted publickey") || log.contains("accepted public key")
+        });
+        assert!(seen, "no login in the log:\n{}", self.log());
     }
 
     /// Everything hubsshd has logged so far.

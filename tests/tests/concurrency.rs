@@ -4,20 +4,26 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use hubssh_tests::client::{Env, Route};
+use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::{data, procs};
-
-/// Sessions run at once.
-const SESSIONS: usize = 20;
 
 /// Bytes each session echoes through `cat`.
 const PER_SESSION: usize = 2 << 20;
 
 #[test]
-fn twenty_concurrent_sessions_keep_their_bytes() {
+fn embedded_fifty_concurrent_sessions_keep_their_bytes() {
+    concurrent(Backend::Embedded, 50);
+}
+
+#[test]
+fn openssh_twenty_concurrent_sessions_keep_their_bytes() {
+    concurrent(Backend::OpenSsh, 20);
+}
+
+fn concurrent(backend: Backend, sessions: usize) {
     let env = Env::new();
-    let _server = env.start(Route::Hubssh, &[]);
-    let sessions: Vec<_> = (0..SESSIONS)
+    let _server = env.start(backend, Route::Hubssh, &[]);
+    let sessions: Vec<_> = (0..sessions)
         .map(|i| {
             let mut child = env
                 .ssh()

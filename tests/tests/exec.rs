@@ -4,12 +4,12 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use hubssh_tests::client::{Env, Route};
+use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::{data, procs};
 
-fn exec_round_trip(route: Route) {
+fn exec_round_trip(backend: Backend, route: Route) {
     let env = Env::new();
-    let _server = env.start(route, &[]);
+    let _server = env.start(backend, route, &[]);
     let out = env.ssh_run("echo out; echo err >&2; exit 7", 60);
     assert_eq!(out.status.code(), Some(7), "stderr: {}", out.stderr_text());
     assert_eq!(out.stdout_text(), "out\n");
@@ -60,16 +60,31 @@ fn feed(env: &Env, args: &[&str], input: Vec<u8>) -> procs::Finished {
 }
 
 #[test]
-fn exec_through_hubssh_proxy() {
-    exec_round_trip(Route::Hubssh);
+fn embedded_exec_through_hubssh_proxy() {
+    exec_round_trip(Backend::Embedded, Route::Hubssh);
 }
 
 #[test]
-fn exec_through_raw_unix_socket() {
-    exec_round_trip(Route::Raw);
+fn embedded_exec_through_raw_unix_socket() {
+    exec_round_trip(Backend::Embedded, Route::Raw);
 }
 
 #[test]
-fn exec_through_websocat() {
-    exec_round_trip(Route::Websocat);
+fn embedded_exec_through_websocat() {
+    exec_round_trip(Backend::Embedded, Route::Websocat);
+}
+
+#[test]
+fn openssh_exec_through_hubssh_proxy() {
+    exec_round_trip(Backend::OpenSsh, Route::Hubssh);
+}
+
+#[test]
+fn openssh_exec_through_raw_unix_socket() {
+    exec_round_trip(Backend::OpenSsh, Route::Raw);
+}
+
+#[test]
+fn openssh_exec_through_websocat() {
+    exec_round_trip(Backend::OpenSsh, Route::Websocat);
 }

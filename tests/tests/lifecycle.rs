@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use hubssh_tests::client::{Env, Route};
+use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::procs;
 
 /// Child processes of `pid` (sshd -i and whatever it started).
@@ -22,9 +22,9 @@ fn children(pid: u32) -> Vec<String> {
         .collect()
 }
 
-fn sessions_leave_nothing_behind(route: Route) {
+fn sessions_leave_nothing_behind(backend: Backend, route: Route) {
     let env = Env::new();
-    let server = env.start(route, &[]);
+    let server = env.start(backend, route, &[]);
     for i in 0..3 {
         assert_eq!(
             env.ssh_run(&format!("echo {i}"), 30).ok().stdout_text(),
@@ -41,19 +41,27 @@ fn sessions_leave_nothing_behind(route: Route) {
 }
 
 #[test]
-fn websocket_sessions_leave_nothing_behind() {
-    sessions_leave_nothing_behind(Route::Hubssh);
+fn embedded_sessions_leave_nothing_behind() {
+    sessions_leave_nothing_behind(Backend::Embedded, Route::Hubssh);
+    sessions_leave_nothing_behind(Backend::Embedded, Route::Raw);
 }
 
 #[test]
-fn raw_sessions_leave_nothing_behind() {
-    sessions_leave_nothing_behind(Route::Raw);
+fn openssh_sessions_leave_nothing_behind() {
+    sessions_leave_nothing_behind(Backend::OpenSsh, Route::Hubssh);
+    sessions_leave_nothing_behind(Backend::OpenSsh, Route::Raw);
 }
 
 #[test]
 fn shutdown_ends_sessions_and_removes_the_socket() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        shutdown_ends_sessions(backend);
+    }
+}
+
+fn shutdown_ends_sessions(backend: Backend) {
     let env = Env::new();
-    let mut server = env.start(Route::Raw, &["--shutdown-grace", "1"]);
+    let mut server = env.start(backend, Route::Raw, &["--shutdown-grace", "1"]);
     let socket = server.socket.clone().unwrap();
     let live = env
         .ssh()
@@ -63,11 +71,7 @@ fn shutdown_ends_sessions_and_removes_the_socket() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(
-        procs::wait_until(20, || server.log().contains("Accepted publickey")),
-        "{}",
-        server.log()
-    );
+    server.wait_for_login();
     server.signal(15);
     let status = server
         .wait_exit(10)

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use hubssh_tests::client::{Env, Route};
+use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::procs;
 
 struct Tmux {
@@ -49,9 +49,9 @@ impl Drop for Tmux {
     }
 }
 
-fn interactive(route: Route) {
+fn interactive(backend: Backend, route: Route) {
     let env = Env::new();
-    let _server = env.start(route, &[]);
+    let _server = env.start(backend, route, &[]);
     let status_file = env.path().join("status");
     let tmux = Tmux {
         socket: env.path().join("tmux.sock"),
@@ -105,6 +105,11 @@ fn interactive(route: Route) {
 }
 
 #[test]
-fn interactive_pty_through_hubssh_proxy() {
-    interactive(Route::Hubssh);
+fn embedded_interactive_pty() {
+    interactive(Backend::Embedded, Route::Hubssh);
+}
+
+#[test]
+fn openssh_interactive_pty() {
+    interactive(Backend::OpenSsh, Route::Hubssh);
 }

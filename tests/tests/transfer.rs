@@ -4,16 +4,16 @@
 
 use std::path::Path;
 
-use hubssh_tests::client::{Env, Route};
+use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::{data, procs};
 
 fn remote(path: &Path) -> String {
     format!("hub:{}", path.display())
 }
 
-fn transfers(route: Route, big: usize) {
+fn transfers(backend: Backend, route: Route, big: usize) {
     let env = Env::new();
-    let _server = env.start(route, &[]);
+    let _server = env.start(backend, route, &[]);
     let local = env.path().join("local");
     let far = env.path().join("remote");
     std::fs::create_dir_all(&local).unwrap();
@@ -69,16 +69,31 @@ fn transfers(route: Route, big: usize) {
 }
 
 #[test]
-fn transfers_through_hubssh_proxy() {
-    transfers(Route::Hubssh, 64 << 20);
+fn embedded_transfers_through_hubssh_proxy() {
+    transfers(Backend::Embedded, Route::Hubssh, 64 << 20);
 }
 
 #[test]
-fn transfers_through_raw_unix_socket() {
-    transfers(Route::Raw, 16 << 20);
+fn embedded_transfers_through_raw_unix_socket() {
+    transfers(Backend::Embedded, Route::Raw, 16 << 20);
 }
 
 #[test]
-fn transfers_through_websocat() {
-    transfers(Route::Websocat, 16 << 20);
+fn embedded_transfers_through_websocat() {
+    transfers(Backend::Embedded, Route::Websocat, 16 << 20);
+}
+
+#[test]
+fn openssh_transfers_through_hubssh_proxy() {
+    transfers(Backend::OpenSsh, Route::Hubssh, 64 << 20);
+}
+
+#[test]
+fn openssh_transfers_through_raw_unix_socket() {
+    transfers(Backend::OpenSsh, Route::Raw, 16 << 20);
+}
+
+#[test]
+fn openssh_transfers_through_websocat() {
+    transfers(Backend::OpenSsh, Route::Websocat, 16 << 20);
 }

@@ -1,15 +1,19 @@
 //! SSH backends: what serves the SSH protocol once a connection's bytes are known to be SSH.
 
+pub mod embedded;
 pub mod openssh;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+pub use embedded::Embedded;
 pub use openssh::OpenSsh;
 
 /// The SSH server behind the tunnel.
 #[derive(Debug)]
 pub enum Backend {
+    /// The SSH server inside hubsshd.
+    Embedded(Embedded),
     /// OpenSSH `sshd -i`, one process per connection.
     OpenSsh(OpenSsh),
 }
@@ -17,6 +21,7 @@ pub enum Backend {
 impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
+            Backend::Embedded(_) => "embedded",
             Backend::OpenSsh(_) => "openssh",
         }
     }
@@ -27,6 +32,7 @@ impl Backend {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match self {
+            Backend::Embedded(b) => b.serve(stream, cancel).await,
             Backend::OpenSsh(b) => b.serve(stream, cancel).await,
         }
     }

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use hubssh_tests::client::{Env, Route};
+use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::procs;
 
 /// The cipher every route uses, so the tunnel is the only difference.
@@ -44,7 +44,7 @@ fn main() {
             continue;
         }
         let env = Env::new();
-        let _server = env.start(route, &[]);
+        let _server = env.start(Backend::OpenSsh, route, &[]);
         all.push(measure(name, &env, mib, runs));
     }
     report(&all);

@@ -1,0 +1,78 @@
+//! Where each open channel's incoming bytes go. The handler and the tasks that open channels
+//! (forwarded connections, agent requests) share it; bytes that arrive before a channel's
+//! consumer is registered are held and handed over on registration, never dropped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use russh::ChannelId;
+
+use super::inbox::{inbox, Inbox, InboxTx};
+
+#[derive(Default)]
+enum Slot {
+    /// Not registered yet: what arrived so far, and whether EOF did.
+    #[default]
+    Early,
+    Held(Vec<Bytes>, bool),
+    Live(InboxTx),
+}
+
+/// The connection's channel table.
+#[derive(Default)]
+pub struct Channels {
+    slots: Mutex<HashMap<ChannelId, Slot>>,
+}
+
+impl Channels {
+    /// Creates the inbox for channel `id`, with anything that arrived before, in order.
+    pub fn register(&self, id: ChannelId) -> Inbox {
+        let (tx, rx) = inbox();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Slot::Held(data, eof)) = slots.insert(id, Slot::Live(tx.clone())) {
+            for d in data {
+                tx.push_now(d);
+            }
+            if eof {
+                tx.eof();
+            }
+        }
+        rx
+    }
+
+    /// Delivers bytes the client sent on channel `id`.
+    pub async fn push(&self, id: ChannelId, data: &[u8]) {
+        let tx = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            match slots.entry(id).or_default() {
+                Slot::Live(tx) => tx.clone(),
+                slot @ Slot::Early => {
+                    *slot = Slot::Held(vec![Bytes::copy_from_slice(data)], false);
+                    return;
+                }
+                Slot::Held(held, _) => {
+                    held.push(Bytes::copy_from_slice(data));
+                    return;
+                }
+            }
+        };
+        tx.push(data).await
+    }
+
+    /// The client will send no more on channel `id`.
+    pub fn eof(&self, id: ChannelId) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.entry(id).or_default() {
+            Slot::Live(tx) => tx.eof(),
+            Slot::Held(_, eof) => *eof = true,
+            slot @ Slot::Early => *slot = Slot::Held(Vec::new(), true),
+        }
+    }
+
+    /// Forgets channel `id` (closed).
+    pub fn remove(&self, id: ChannelId) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(&id);
+    }
+}

@@ -1,0 +1,178 @@
+//! Port and socket forwarding: `direct-tcpip` (`ssh -L`, `-D`, VS Code's tunnels),
+//! `direct-streamlocal` (`-L` to a unix socket), and the listeners behind `tcpip-forward`
+//! (`ssh -R`) and agent forwarding, which open channels back to the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::server::{ChannelOpenHandle, Handle, Msg};
+use russh::{Channel, ChannelOpenFailure, ChannelWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, Instrument};
+
+use super::channels::Channels;
+use super::inbox::Inbox;
+use super::process::forward_output;
+
+/// How long connecting to a forward's target may take before the channel open fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where a `direct-*` channel goes.
+#[derive(Debug)]
+pub enum Target {
+    Tcp(String, u16),
+    Unix(String),
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Connects to `target`, then accepts the channel and carries bytes both ways; a failed connect
+/// rejects the channel open (the client reports it), it never hangs.
+pub fn open_direct(
+    target: Target,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    channels: Arc<Channels>,
+) {
+    let (read, write) = channel.split();
+    drop(read); // bytes arrive through the inbox: never stall the connection on this channel
+    let inbox = channels.register(write.id());
+    tokio::spawn(
+        async move {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                match &target {
+                    Target::Tcp(host, port) => TcpStream::connect((host.as_str(), *port))
+                        .await
+                        .map(Stream::Tcp),
+                    Target::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+                }
+            })
+            .await;
+            let stream = match connected {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    info!(%e, ?target, "forward target refused");
+                    return reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+                Err(_) => {
+                    info!(?target, "forward target did not answer");
+                    return reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                }
+            };
+            reply.accept().await;
+            debug!(?target, "forward open");
+            match stream {
+                Stream::Tcp(s) => {
+                    let _ = s.set_nodelay(true);
+                    pump(s, write, inbox, None).await
+                }
+                Stream::Unix(s) => pump(s, write, inbox, None).await,
+            }
+        }
+        .in_current_span(),
+    );
+}
+
+/// Carries bytes between a local stream and a channel until both directions end, then reports
+/// `exit_status` (if any: a subsystem's, which `scp` insists on) and closes the channel.
+pub async fn pump<S>(stream: S, channel: ChannelWriteHalf<Msg>, inbox: Inbox, exit_status: Option<u32>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    let up = async {
+        if let Err(e) = inbox.pump(w).await {
+            debug!(%e, "forward target stopped reading");
+        }
+    };
+    let down = forward_output(r, channel.make_writer());
+    tokio::join!(up, down);
+    if let Some(code) = exit_status {
+        let _ = channel.exit_status(code).await;
+    }
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+/// A listener task that stops when dropped (its session ended or the forward was cancelled).
+pub struct ListenerTask(JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts on `listener` and opens a `forwarded-tcpip` channel to the client for each connection.
+pub fn serve_tcpip_forward(
+    listener: TcpListener,
+    address: String,
+    port: u32,
+    handle: Handle,
+    channels: Arc<Channels>,
+) -> ListenerTask {
+    ListenerTask(tokio::spawn(
+        async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let (handle, channels, address) =
+                    (handle.clone(), channels.clone(), address.clone());
+                tokio::spawn(async move {
+                    let opened = handle
+                        .channel_open_forwarded_tcpip(
+                            address,
+                            port,
+                            peer.ip().to_string(),
+                            u32::from(peer.port()),
+                        )
+                        .await;
+                    match opened {
+                        Ok(channel) => attach(stream, channel, &channels).await,
+                        Err(e) => debug!(%e, "client refused the forwarded connection"),
+                    }
+                });
+            }
+        }
+        .in_current_span(),
+    ))
+}
+
+/// Accepts agent connections on `listener` and opens an agent channel to the client for each.
+pub fn serve_agent(
+    listener: UnixListener,
+    handle: Handle,
+    channels: Arc<Channels>,
+) -> ListenerTask {
+    ListenerTask(tokio::spawn(
+        async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (handle, channels) = (handle.clone(), channels.clone());
+                tokio::spawn(async move {
+                    match handle.channel_open_agent().await {
+                        Ok(channel) => attach(stream, channel, &channels).await,
+                        Err(e) => debug!(%e, "client refused the agent channel"),
+                    }
+                });
+            }
+        }
+        .in_current_span(),
+    ))
+}
+
+/// Pumps a locally accepted stream over a channel the server opened.
+async fn attach<S>(stream: S, channel: Channel<Msg>, channels: &Channels)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = channel.split();
+    drop(read);
+    let id = write.id();
+    let inbox = channels.register(id);
+    pump(stream, write, inbox, None).await;
+    channels.remove(id);
+}

@@ -1,0 +1,454 @@
+//! The russh handler for one connection: authentication, session channels (pty, env, shell,
+//! exec, sftp), signals and resizes, forwarding requests, and the routing of incoming bytes.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use russh::keys::ssh_key::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet, Pty, Sig};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use super::auth::{self, SshAuth};
+use super::channels::Channels;
+use super::forward::{self, ListenerTask, Target};
+use super::process::{self, Control, Launch, PtyParams};
+use super::sftp::Sftp;
+use super::user::{self, UserInfo};
+
+/// What every connection of this server shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub user: UserInfo,
+    pub auth: SshAuth,
+}
+
+/// A session channel before and while its command runs.
+#[derive(Default)]
+struct SessionChannel {
+    /// Taken when the command starts.
+    writer: Option<ChannelWriteHalf<Msg>>,
+    pty: Option<PtyParams>,
+    env: Vec<(OsString, OsString)>,
+    control: Option<mpsc::UnboundedSender<Control>>,
+}
+
+/// One connection's state.
+pub struct Handler {
+    shared: Arc<Shared>,
+    channels: Arc<Channels>,
+    sessions: HashMap<ChannelId, SessionChannel>,
+    /// `-R` listeners by "address:port", and the agent listener; closed with the connection.
+    listeners: HashMap<String, ListenerTask>,
+    agent: Option<tempfile::TempDir>,
+}
+
+/// Where the agent socket lives inside its private directory.
+const AGENT_SOCKET: &str = "agent.sock";
+
+impl Handler {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Handler {
+            shared,
+            channels: Arc::new(Channels::default()),
+            sessions: HashMap::new(),
+            listeners: HashMap::new(),
+            agent: None,
+        }
+    }
+
+    fn key_allowed(&self, user: &str, key: &PublicKey) -> Auth {
+        match &self.shared.auth {
+            SshAuth::Keys(path) if auth::is_authorized(path, key) => Auth::Accept,
+            SshAuth::Keys(_) => {
+                info!(user, "public key not in authorized_keys");
+                reject()
+            }
+            SshAuth::Tunnel => Auth::Accept,
+        }
+    }
+
+    /// Starts the command for a session channel.
+    fn launch(&mut self, id: ChannelId, command: Option<String>, session: &mut Session) {
+        let Some(chan) = self.sessions.get_mut(&id) else {
+            session.channel_failure(id).ok();
+            return;
+        };
+        let Some(writer) = chan.writer.take() else {
+            // A second shell/exec on the same channel.
+            session.channel_failure(id).ok();
+            return;
+        };
+        let mut env = self.shared.user.base_env();
+        env.extend(chan.env.iter().cloned());
+        env.push(("SSH_CONNECTION".into(), "127.0.0.1 0 127.0.0.1 0".into()));
+        env.push(("SSH_CLIENT".into(), "127.0.0.1 0 0".into()));
+        if let Some(dir) = &self.agent {
+            env.push((
+                "SSH_AUTH_SOCK".into(),
+                dir.path().join(AGENT_SOCKET).into_os_string(),
+            ));
+        }
+        let launch = Launch {
+            shell: self.shared.user.shell.clone(),
+            command,
+            pty: chan.pty.clone(),
+            env,
+            cwd: self.shared.user.home.clone(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        chan.control = Some(tx);
+        let inbox = self.channels.register(id);
+        let handle = session.handle();
+        tokio::spawn(process::run(launch, writer, inbox, rx, handle).in_current_span());
+        session.channel_success(id).ok();
+    }
+
+    fn start_sftp(&mut self, id: ChannelId, session: &mut Session) {
+        let Some(writer) = self.sessions.get_mut(&id).and_then(|c| c.writer.take()) else {
+            session.channel_failure(id).ok();
+            return;
+        };
+        let inbox = self.channels.register(id);
+        let home = self.shared.user.home.clone();
+        tokio::spawn(
+            async move {
+                let (ours, theirs) = tokio::io::duplex(SFTP_PIPE);
+                russh_sftp::server::run(theirs, Sftp::new(home)).await;
+                forward::pump(ours, writer, inbox, Some(0)).await;
+            }
+            .in_current_span(),
+        );
+        session.channel_success(id).ok();
+    }
+}
+
+/// Buffer between the channel and the SFTP server loop: one maximal SFTP packet and change.
+const SFTP_PIPE: usize = 512 * 1024;
+
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+        partial_success: false,
+    }
+}
+
+impl russh::server::Handler for Handler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(match self.shared.auth {
+            SshAuth::Tunnel => {
+                info!(user, "accepted: the tunnel is authenticated");
+                Auth::Accept
+            }
+            SshAuth::Keys(_) => reject(),
+        })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.key_allowed(user, offer.public_key))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let verdict = self.key_allowed(user, key.public_key);
+        if matches!(verdict, Auth::Accept) {
+            info!(user, key = %key.public_key.fingerprint(Default::default()), "accepted public key");
+        }
+        Ok(verdict)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (read, write) = channel.split();
+        drop(read); // bytes arrive through the inbox: never stall the connection on one channel
+        self.sessions.insert(
+            write.id(),
+            SessionChannel {
+                writer: Some(write),
+                ..Default::default()
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match u16::try_from(port) {
+            Ok(port) => forward::open_direct(
+                Target::Tcp(host.to_owned(), port),
+                channel,
+                reply,
+                self.channels.clone(),
+            ),
+            Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        forward::open_direct(
+            Target::Unix(socket_path.to_owned()),
+            channel,
+            reply,
+            self.channels.clone(),
+        );
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.push(channel, data).await;
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.eof(channel);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(channel);
+        self.sessions.remove(&channel);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.sessions.get_mut(&channel) {
+            Some(chan) => {
+                chan.pty = Some(PtyParams {
+                    term: term.to_owned(),
+                    cols: u16::try_from(cols).unwrap_or(u16::MAX),
+                    rows: u16::try_from(rows).unwrap_or(u16::MAX),
+                });
+                session.channel_success(channel)?;
+            }
+            None => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.sessions.get_mut(&channel) {
+            Some(chan) if user::accept_env(name) => {
+                chan.env.push((name.into(), value.into()));
+                session.channel_success(channel)?;
+            }
+            _ => {
+                debug!(name, "env request refused");
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        info!("shell");
+        self.launch(channel, None, session);
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        debug!(%command, "exec");
+        self.launch(channel, Some(command), session);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            info!("sftp");
+            self.start_sftp(channel, session);
+        } else {
+            info!(name, "unknown subsystem refused");
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(chan) = self.sessions.get_mut(&channel) {
+            let (cols, rows) = (
+                u16::try_from(cols).unwrap_or(u16::MAX),
+                u16::try_from(rows).unwrap_or(u16::MAX),
+            );
+            match (&chan.control, &mut chan.pty) {
+                (Some(control), _) => {
+                    let _ = control.send(Control::Resize { cols, rows });
+                }
+                (None, Some(pty)) => (pty.cols, pty.rows) = (cols, rows),
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(control) = self.sessions.get(&channel).and_then(|c| c.control.as_ref()) {
+            let _ = control.send(Control::Signal(signal));
+        }
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if self.agent.is_some() {
+            return Ok(true);
+        }
+        let dir = match tempfile::Builder::new().prefix("hubssh-agent-").tempdir() {
+            Ok(d) => d, // created 0700
+            Err(e) => {
+                warn!(%e, "cannot create the agent socket directory");
+                return Ok(false);
+            }
+        };
+        match tokio::net::UnixListener::bind(dir.path().join(AGENT_SOCKET)) {
+            Ok(listener) => {
+                let task = forward::serve_agent(listener, session.handle(), self.channels.clone());
+                self.listeners.insert("agent".into(), task);
+                self.agent = Some(dir);
+                info!("agent forwarding on");
+                Ok(true)
+            }
+            Err(e) => {
+                warn!(%e, "cannot listen for agent connections");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // Like OpenSSH's `GatewayPorts no`: remote forwards listen on loopback only.
+        let Ok(want) = u16::try_from(*port) else {
+            return Ok(false);
+        };
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", want)).await {
+            Ok(l) => l,
+            Err(e) => {
+                info!(%e, port = want, "cannot listen for a remote forward");
+                return Ok(false);
+            }
+        };
+        let bound = listener.local_addr().map(|a| a.port()).unwrap_or(want);
+        *port = u32::from(bound);
+        info!(
+            address,
+            port = bound,
+            "remote forward listening on 127.0.0.1"
+        );
+        let task = forward::serve_tcpip_forward(
+            listener,
+            address.to_owned(),
+            *port,
+            session.handle(),
+            self.channels.clone(),
+        );
+        self.listeners.insert(format!("{address}:{bound}"), task);
+        Ok(true)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self
+            .listeners
+            .remove(&format!("{address}:{port}"))
+            .is_some())
+    }
+}

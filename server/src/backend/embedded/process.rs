@@ -1,0 +1,341 @@
+//! Commands and shells for session channels: on a pty (the user's login shell, or `shell -c
+//! command` under `ssh -t`) or on pipes (`shell -c command`, stderr apart, stdin EOF passed on),
+//! with their output sent to the channel and their exit reported as OpenSSH does.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use russh::server::{Handle, Msg};
+use russh::{ChannelId, ChannelWriteHalf, Sig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::inbox::Inbox;
+
+/// Read size for a command's output: two OpenSSH client packets.
+const OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// After a pty shell exits, how long output still in the pty may take to reach the client.
+/// Background jobs may hold the pty open; like OpenSSH we do not wait for them.
+const PTY_DRAIN: Duration = Duration::from_millis(500);
+
+/// What the client asked for with `pty-req`.
+#[derive(Debug, Clone)]
+pub struct PtyParams {
+    pub term: String,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What to run on a session channel.
+#[derive(Debug)]
+pub struct Launch {
+    pub shell: PathBuf,
+    /// `None` runs a login shell.
+    pub command: Option<String>,
+    pub pty: Option<PtyParams>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: PathBuf,
+}
+
+/// Requests for a running process.
+#[derive(Debug)]
+pub enum Control {
+    Resize { cols: u16, rows: u16 },
+    Signal(Sig),
+}
+
+/// Runs `launch` until it exits, feeding it `inbox` and sending its output and exit to the channel.
+pub async fn run(
+    launch: Launch,
+    channel: ChannelWriteHalf<Msg>,
+    inbox: Inbox,
+    control: mpsc::UnboundedReceiver<Control>,
+    handle: Handle,
+) {
+    let id = channel.id();
+    let status = match &launch.pty {
+        Some(_) => run_pty(launch, &channel, inbox, control).await,
+        None => run_pipes(launch, &channel, inbox, control).await,
+    };
+    match status {
+        Ok(status) => report_exit(id, &channel, &handle, status).await,
+        Err(e) => {
+            warn!(%e, "cannot start the command");
+            let mut err = channel.make_writer_ext(Some(1));
+            let _ = err
+                .write_all(format!("hubsshd: cannot start the command: {e}\r\n").as_bytes())
+                .await;
+            let _ = channel.exit_status(127).await;
+        }
+    }
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+/// exit-status, or exit-signal for a command killed by a signal (OpenSSH reports both ways).
+async fn report_exit(
+    id: ChannelId,
+    channel: &ChannelWriteHalf<Msg>,
+    handle: &Handle,
+    status: ExitStatus,
+) {
+    debug!(%status, "command exited");
+    if let Some(code) = status.code() {
+        let _ = channel.exit_status(code as u32).await;
+    } else if let Some(sig) = status.signal() {
+        let name = Signal::try_from(sig).map(|s| s.as_str().trim_start_matches("SIG").to_owned());
+        let sig = sig_from_name(&name.unwrap_or_else(|_| sig.to_string()));
+        let _ = handle
+            .exit_signal_request(id, sig, status.core_dumped(), String::new(), String::new())
+            .await;
+    }
+}
+
+fn sig_from_name(name: &str) -> Sig {
+    match name {
+        "ABRT" => Sig::ABRT,
+        "ALRM" => Sig::ALRM,
+        "FPE" => Sig::FPE,
+        "HUP" => Sig::HUP,
+        "ILL" => Sig::ILL,
+        "INT" => Sig::INT,
+        "KILL" => Sig::KILL,
+        "PIPE" => Sig::PIPE,
+        "QUIT" => Sig::QUIT,
+        "SEGV" => Sig::SEGV,
+        "TERM" => Sig::TERM,
+        "USR1" => Sig::USR1,
+        other => Sig::Custom(other.to_owned()),
+    }
+}
+
+fn signal_of(sig: &Sig) -> Option<Signal> {
+    Some(match sig {
+        Sig::ABRT => Signal::SIGABRT,
+        Sig::ALRM => Signal::SIGALRM,
+        Sig::FPE => Signal::SIGFPE,
+        Sig::HUP => Signal::SIGHUP,
+        Sig::ILL => Signal::SIGILL,
+        Sig::INT => Signal::SIGINT,
+        Sig::KILL => Signal::SIGKILL,
+        Sig::PIPE => Signal::SIGPIPE,
+        Sig::QUIT => Signal::SIGQUIT,
+        Sig::SEGV => Signal::SIGSEGV,
+        Sig::TERM => Signal::SIGTERM,
+        Sig::USR1 => Signal::SIGUSR1,
+        Sig::Custom(name) => format!("SIG{name}").parse().ok()?,
+    })
+}
+
+/// The shell's arguments: `-c command`, or none for a login shell (whose argv0 starts with `-`).
+fn shell_args(launch: &Launch) -> (OsString, Vec<OsString>) {
+    let name = launch
+        .shell
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "sh".into());
+    match &launch.command {
+        Some(cmd) => (name, vec!["-c".into(), cmd.into()]),
+        None => {
+            let mut login = OsString::from("-");
+            login.push(name);
+            (login, Vec::new())
+        }
+    }
+}
+
+async fn run_pipes(
+    launch: Launch,
+    channel: &ChannelWriteHalf<Msg>,
+    inbox: Inbox,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> std::io::Result<ExitStatus> {
+    let (argv0, args) = shell_args(&launch);
+    let mut child = tokio::process::Command::new(&launch.shell)
+        .arg0(argv0)
+        .args(args)
+        .env_clear()
+        .envs(launch.env)
+        .current_dir(&launch.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let pgid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(Pid::from_raw);
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(std::io::Error::other("command started without its pipes"));
+    };
+    let feed = tokio::spawn(async move {
+        if let Err(e) = inbox.pump(stdin).await {
+            debug!(%e, "command stopped reading its stdin");
+        }
+    });
+    let out = forward_output(stdout, channel.make_writer());
+    let err = forward_output(stderr, channel.make_writer_ext(Some(1)));
+    let signals = tokio::spawn(async move {
+        while let Some(c) = control.recv().await {
+            if let (Control::Signal(sig), Some(pgid)) = (c, pgid) {
+                if let Some(sig) = signal_of(&sig) {
+                    let _ = killpg(pgid, sig);
+                }
+            }
+        }
+    });
+    let (status, _, _) = tokio::join!(child.wait(), out, err);
+    signals.abort();
+    feed.abort();
+    status
+}
+
+async fn run_pty(
+    launch: Launch,
+    channel: &ChannelWriteHalf<Msg>,
+    inbox: Inbox,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> std::io::Result<ExitStatus> {
+    let params = launch.pty.clone().unwrap_or(PtyParams {
+        term: "xterm".into(),
+        cols: 80,
+        rows: 24,
+    });
+    let (pty, pts) = pty_process::open().map_err(to_io)?;
+    pty.resize(pty_process::Size::new(
+        params.rows.max(1),
+        params.cols.max(1),
+    ))
+    .map_err(to_io)?;
+    let tty = tty_name(&pts);
+    let (argv0, args) = shell_args(&launch);
+    let mut env = launch.env;
+    env.push(("TERM".into(), params.term.clone().into()));
+    if let Some(tty) = &tty {
+        env.push(("SSH_TTY".into(), tty.into()));
+    }
+    let mut child = pty_process::Command::new(&launch.shell)
+        .arg0(argv0)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(&launch.cwd)
+        .spawn(pts)
+        .map_err(to_io)?;
+    let pgid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(Pid::from_raw);
+    let (reader, mut writer) = pty.into_split();
+
+    let input = tokio::spawn(async move {
+        let mut inbox = inbox;
+        loop {
+            tokio::select! {
+                data = inbox.recv() => match data {
+                    Some(data) => {
+                        if writer.write_all(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                    // EOF on a pty: the client closed its input; like OpenSSH, leave the shell be.
+                    None => std::future::pending::<()>().await,
+                },
+                c = control.recv() => match c {
+                    Some(Control::Resize { cols, rows }) => {
+                        let _ = writer.resize(pty_process::Size::new(rows.max(1), cols.max(1)));
+                    }
+                    Some(Control::Signal(sig)) => {
+                        if let (Some(sig), Some(pgid)) = (signal_of(&sig), pgid) {
+                            let _ = killpg(pgid, sig);
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                },
+            }
+        }
+    });
+    let output = forward_output(reader, channel.make_writer());
+    tokio::pin!(output);
+    let status = tokio::select! {
+        status = child.wait() => {
+            let _ = tokio::time::timeout(PTY_DRAIN, &mut output).await;
+            status
+        }
+        _ = &mut output => child.wait().await,
+    };
+    input.abort();
+    status
+}
+
+/// Copies a command's output to the channel until EOF (a pty reports EIO once the shell is gone).
+pub async fn forward_output<R, W>(mut from: R, mut to: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; OUTPUT_CHUNK];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.flush().await;
+}
+
+fn tty_name(pts: &pty_process::Pts) -> Option<String> {
+    use std::os::fd::AsFd;
+    nix::unistd::ttyname(pts.as_fd())
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+fn to_io(e: pty_process::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_round_trip() {
+        for name in ["INT", "TERM", "HUP", "KILL", "USR2", "WINCH"] {
+            let sig = sig_from_name(name);
+            let back = signal_of(&sig).unwrap();
+            assert_eq!(back.as_str(), format!("SIG{name}"));
+        }
+    }
+
+    #[test]
+    fn login_shell_argv0_starts_with_a_dash() {
+        let mut launch = Launch {
+            shell: "/bin/bash".into(),
+            command: None,
+            pty: None,
+            env: Vec::new(),
+            cwd: "/".into(),
+        };
+        assert_eq!(shell_args(&launch), ("-bash".into(), vec![]));
+        launch.command = Some("ls".into());
+        assert_eq!(
+            shell_args(&launch),
+            ("bash".into(), vec!["-c".into(), "ls".into()])
+        );
+    }
+}
