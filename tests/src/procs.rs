@@ -105,3 +105,39 @@ pub fn wait_until(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// A child killed when dropped, for background helpers (servers, `ssh -N` forwards).
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` in the background with its output discarded.
+pub fn background(cmd: &mut Command) -> Background {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    Background(child)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Waits until something accepts connections on loopback `port`.
+pub fn wait_port(port: u16, secs: u64) -> bool {
+    wait_until(secs, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}

@@ -80,8 +80,12 @@ pub fn open_direct(
 
 /// Carries bytes between a local stream and a channel until both directions end, then reports
 /// `exit_status` (if any: a subsystem's, which `scp` insists on) and closes the channel.
-pub async fn pump<S>(stream: S, channel: ChannelWriteHalf<Msg>, inbox: Inbox, exit_status: Option<u32>)
-where
+pub async fn pump<S>(
+    stream: S,
+    channel: ChannelWriteHalf<Msg>,
+    inbox: Inbox,
+    exit_status: Option<u32>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
@@ -90,12 +94,15 @@ where
             debug!(%e, "forward target stopped reading");
         }
     };
-    let down = forward_output(r, channel.make_writer());
+    let down = async {
+        forward_output(r, channel.make_writer()).await;
+        if let Some(code) = exit_status {
+            let _ = channel.exit_status(code).await;
+        }
+        // EOF as soon as this side is done: the peer may be waiting for it to finish its own.
+        let _ = channel.eof().await;
+    };
     tokio::join!(up, down);
-    if let Some(code) = exit_status {
-        let _ = channel.exit_status(code).await;
-    }
-    let _ = channel.eof().await;
     let _ = channel.close().await;
 }
 

@@ -1,0 +1,135 @@
+//! SSH authentication on the embedded backend: `keys` lets in listed keys only and re-reads the
+//! file on every attempt; `tunnel` needs no key but only where nobody else can reach the
+//! listener, and never silently for root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use hubssh_tests::client::{Backend, Env, Route};
+use hubssh_tests::{bin, procs};
+
+fn is_root() -> bool {
+    hubssh_tests::user_name() == "root"
+}
+
+#[test]
+fn keys_policy_rejects_unknown_keys_and_rereads_the_file() {
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let other = env.path().join("other_key");
+    procs::output(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "other", "-f"])
+            .arg(&other),
+        20,
+    )
+    .ok();
+    let with_other = |cmd: &str| env.ssh_run(cmd, 30);
+
+    // The config's IdentityFile now names the key that is not listed.
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        config.replace(&env.key.display().to_string(), &other.display().to_string()),
+    )
+    .unwrap();
+    let out = with_other("true");
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "an unknown key must be refused"
+    );
+    assert!(
+        out.stderr_text().contains("Permission denied"),
+        "{}",
+        out.stderr_text()
+    );
+
+    // Listing it takes effect at the next attempt, no restart.
+    let mut keys = std::fs::read_to_string(&env.authorized_keys).unwrap();
+    keys.push_str(&std::fs::read_to_string(other.with_extension("pub")).unwrap());
+    std::fs::write(&env.authorized_keys, keys).unwrap();
+    assert_eq!(with_other("echo in").ok().stdout_text(), "in\n");
+}
+
+#[test]
+fn tunnel_policy_on_a_private_unix_socket_needs_no_key() {
+    let env = Env::new();
+    std::fs::write(&env.authorized_keys, "").unwrap(); // no key is listed anywhere
+    let extra: &[&str] = if is_root() {
+        &["--ssh-auth", "tunnel", "--allow-root-tunnel"]
+    } else {
+        &["--ssh-auth", "tunnel"]
+    };
+    let _server = env.start(Backend::Embedded, Route::Raw, extra);
+    let out = env.ssh_run("echo no-key-needed", 30).ok();
+    assert_eq!(out.stdout_text(), "no-key-needed\n");
+}
+
+#[test]
+fn tunnel_policy_is_refused_where_others_could_connect() {
+    let scratch = hubssh_tests::scratch();
+    let state = scratch.path().join("state");
+    let refuse = |args: &[&str], want: &str| {
+        let out = procs::output(
+            Command::new(bin("hubsshd"))
+                .arg("--state-dir")
+                .arg(&state)
+                .args(args),
+            20,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} must be refused: {}",
+            out.stderr_text()
+        );
+        assert!(
+            out.stderr_text().contains(want),
+            "{args:?}: {}",
+            out.stderr_text()
+        );
+        assert_eq!(
+            out.stderr_text().lines().count(),
+            1,
+            "{}",
+            out.stderr_text()
+        );
+    };
+    refuse(
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--ssh-auth",
+            "tunnel",
+            "--allow-root-tunnel",
+        ],
+        "lets anyone",
+    );
+    let open_dir = scratch.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = open_dir.join("s.sock");
+    refuse(
+        &[
+            "--unix-socket",
+            sock.to_str().unwrap(),
+            "--ssh-auth",
+            "tunnel",
+            "--allow-root-tunnel",
+        ],
+        "others may write to",
+    );
+    if is_root() {
+        let private = scratch.path().join("p.sock");
+        refuse(
+            &[
+                "--unix-socket",
+                private.to_str().unwrap(),
+                "--ssh-auth",
+                "tunnel",
+            ],
+            "refusing --ssh-auth tunnel as root",
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! Forwarding through the embedded server with the real OpenSSH client: the VS Code Remote-SSH
+//! pattern (`ssh -T host bash` starting a server, reached through `-L` and `-D`), `-R`, `-L` to a
+//! unix socket, agent forwarding with a real ssh-agent, refused targets, and a stuck forward
+//! that must not hold up other commands on the same connection.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+use hubssh_tests::client::{Backend, Env, Route};
+use hubssh_tests::procs::{self, background, free_port, wait_port};
+
+fn need(program: &str) {
+    assert!(
+        hubssh_tests::which(program).is_some(),
+        "{program} is needed for this test (.ci/run installs it)"
+    );
+}
+
+fn curl(args: &[&str]) -> String {
+    procs::output(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .args(args),
+        30,
+    )
+    .ok()
+    .stdout_text()
+}
+
+#[test]
+fn vscode_pattern_bootstrap_then_local_and_dynamic_forwards() {
+    need("python3");
+    need("curl");
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let site = env.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), "hello through the tunnel\n").unwrap();
+
+    // Like VS Code: `ssh -T host bash` with the bootstrap script on stdin; it starts a server
+    // on a random loopback port and prints the port.
+    let mut boot = env
+        .ssh()
+        .args(["-T", "hub", "bash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "cd {}\nexec python3 -u -c 'import http.server as h, functools as f; s = h.ThreadingHTTPServer((\"127.0.0.1\", 0), f.partial(h.SimpleHTTPRequestHandler, directory=\".\")); print(\"listening on\", s.server_address[1], flush=True); s.serve_forever()'\n",
+        site.display()
+    );
+    boot.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(boot.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let _boot = procs::Background(boot);
+
+    let local = free_port();
+    let _l = background(env.ssh().args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("{local}:127.0.0.1:{port}"),
+        "hub",
+    ]));
+    assert!(wait_port(local, 20), "-L forward did not come up");
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{local}/hello.txt")]),
+        "hello through the tunnel\n"
+    );
+
+    let socks = free_port();
+    let _d = background(env.ssh().args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-D",
+        &socks.to_string(),
+        "hub",
+    ]));
+    assert!(wait_port(socks, 20), "-D forward did not come up");
+    let url = format!("http://127.0.0.1:{port}/hello.txt");
+    assert_eq!(
+        curl(&["--socks5-hostname", &format!("127.0.0.1:{socks}"), &url]),
+        "hello through the tunnel\n"
+    );
+}
+
+#[test]
+fn remote_forward_reaches_a_local_server() {
+    need("python3");
+    need("curl");
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let site = env.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("r.txt"), "reverse\n").unwrap();
+    let local = free_port();
+    let _http = background(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &local.to_string(),
+            ])
+            .current_dir(&site),
+    );
+    assert!(wait_port(local, 20), "local http server did not start");
+    let remote = free_port();
+    let out = procs::output(
+        env.ssh().args([
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("{remote}:127.0.0.1:{local}"),
+            "hub",
+            &format!("curl -sS --max-time 10 http://127.0.0.1:{remote}/r.txt"),
+        ]),
+        60,
+    )
+    .ok();
+    assert_eq!(out.stdout_text(), "reverse\n");
+    // The listener went away with the session.
+    assert!(
+        procs::wait_until(10, || TcpStream::connect(("127.0.0.1", remote)).is_err()),
+        "-R listener outlived its session"
+    );
+}
+
+#[test]
+fn local_forward_to_a_unix_socket_and_refused_targets() {
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let sock = env.path().join("app.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"unix-hello\n");
+        }
+    });
+    let local = free_port();
+    let _l = background(env.ssh().args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("{local}:{}", sock.display()),
+        "hub",
+    ]));
+    assert!(wait_port(local, 20), "-L to a unix socket did not come up");
+    let mut got = String::new();
+    TcpStream::connect(("127.0.0.1", local))
+        .unwrap()
+        .read_to_string(&mut got)
+        .unwrap();
+    assert_eq!(got, "unix-hello\n");
+
+    // A target nobody listens on: the channel open fails at once, the client says so.
+    let closed = free_port();
+    let fwd = free_port();
+    let _f = background(
+        env.ssh()
+            .args(["-N", "-L", &format!("{fwd}:127.0.0.1:{closed}"), "hub"]),
+    );
+    assert!(wait_port(fwd, 20));
+    let mut s = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let n = s
+        .read(&mut [0u8; 16])
+        .expect("a refused forward closes the local connection, it does not hang");
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn agent_forwarding_lists_the_key() {
+    need("ssh-agent");
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let agent_sock = env.path().join("agent.sock");
+    let _agent = background(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&agent_sock),
+    );
+    assert!(
+        procs::wait_until(10, || agent_sock.exists()),
+        "ssh-agent did not start"
+    );
+    procs::output(
+        Command::new("ssh-add")
+            .arg(&env.key)
+            .env("SSH_AUTH_SOCK", &agent_sock),
+        20,
+    )
+    .ok();
+    let out = procs::output(
+        env.ssh().env("SSH_AUTH_SOCK", &agent_sock).args([
+            "-A",
+            "hub",
+            "ssh-add -l; echo \"sock=$SSH_AUTH_SOCK\"",
+        ]),
+        30,
+    )
+    .ok();
+    let text = out.stdout_text();
+    assert!(
+        text.contains("hubssh-test"),
+        "the forwarded agent does not list the key: {text}"
+    );
+    assert!(text.contains("sock=/"), "SSH_AUTH_SOCK not set: {text}");
+}
+
+#[test]
+fn stuck_forward_does_not_hold_up_the_connection() {
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let ctl = env.path().join("ctl");
+    let ctl_opt = format!("ControlPath={}", ctl.display());
+    let _master =
+        background(
+            env.ssh()
+                .args(["-N", "-o", "ControlMaster=yes", "-o", &ctl_opt, "hub"]),
+        );
+    assert!(
+        procs::wait_until(20, || ctl.exists()),
+        "control master did not start"
+    );
+
+    // A target that accepts and never reads.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || target.accept().map(|(s, _)| s));
+    let fwd = free_port();
+    procs::output(
+        env.ssh().args([
+            "-o",
+            &ctl_opt,
+            "-O",
+            "forward",
+            "-L",
+            &format!("{fwd}:127.0.0.1:{target_port}"),
+            "hub",
+        ]),
+        20,
+    )
+    .ok();
+    let mut client = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
+    let _stuck = held.join().unwrap().unwrap();
+    // Far more than the target's socket buffers and a 2 MiB channel window: it all piles up
+    // on the server's side of this one channel.
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..8 {
+            if client.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        client
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for i in 0..3 {
+        let out = procs::output(
+            env.ssh()
+                .args(["-o", &ctl_opt, "hub", &format!("echo alive-{i}")]),
+            15,
+        )
+        .ok();
+        assert_eq!(out.stdout_text(), format!("alive-{i}\n"));
+    }
+    drop(writer);
+}
