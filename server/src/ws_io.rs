@@ -48,6 +48,13 @@ impl<S> WsIo<S> {
 fn to_io(err: WsError) -> io::Error {
     match err {
         WsError::Io(e) => e,
+        WsError::Capacity(e) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "closing a client that sent an oversized message ({e}; the limit is {} MiB)",
+                MAX_RECEIVE >> 20
+            ),
+        ),
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             io::Error::new(io::ErrorKind::BrokenPipe, "websocket closed")
         }

