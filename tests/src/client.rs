@@ -2,7 +2,7 @@
 //! file, and an ssh config with a `Host hub` entry whose ProxyCommand crosses the tunnel.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::procs::{self, Finished};
 pub use crate::server::Backend;
@@ -122,6 +122,18 @@ impl Env {
         let mut cmd = Command::new("ssh");
         cmd.arg("-F").arg(&self.config);
         cmd
+    }
+
+    /// Starts `ssh -F config ARGS...` with `stdin`, stdout and stderr captured (see
+    /// [`procs::wait`]).
+    pub fn spawn_ssh(&self, args: &[&str], stdin: Stdio) -> std::process::Child {
+        self.ssh()
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ssh")
     }
 
     /// Runs `ssh hub REMOTE_COMMAND` to completion (at most `secs`).

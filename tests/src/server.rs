@@ -170,3 +170,27 @@ impl Drop for Hubsshd {
         let _ = self.child.wait();
     }
 }
+
+/// Runs hubsshd with `args` (state in `state_dir`), expecting a refusal to start: exit status 1
+/// within seconds and a one-line reason, which is returned.
+pub fn refused(state_dir: &Path, args: &[&str]) -> String {
+    let out = procs::output(
+        Command::new(crate::bin("hubsshd"))
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(args),
+        20,
+    );
+    let err = out.stderr_text();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} must be refused: {err}"
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{args:?}: the reason must be one line: {err}"
+    );
+    err
+}

@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use hubssh_tests::client::{Backend, Env, Route};
-use hubssh_tests::{bin, procs};
+use hubssh_tests::procs;
+use hubssh_tests::server::refused;
 
 fn is_root() -> bool {
     hubssh_tests::user_name() == "root"
@@ -71,30 +72,8 @@ fn tunnel_policy_is_refused_where_others_could_connect() {
     let scratch = hubssh_tests::scratch();
     let state = scratch.path().join("state");
     let refuse = |args: &[&str], want: &str| {
-        let out = procs::output(
-            Command::new(bin("hubsshd"))
-                .arg("--state-dir")
-                .arg(&state)
-                .args(args),
-            20,
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{args:?} must be refused: {}",
-            out.stderr_text()
-        );
-        assert!(
-            out.stderr_text().contains(want),
-            "{args:?}: {}",
-            out.stderr_text()
-        );
-        assert_eq!(
-            out.stderr_text().lines().count(),
-            1,
-            "{}",
-            out.stderr_text()
-        );
+        let err = refused(&state, args);
+        assert!(err.contains(want), "{args:?}: {err}");
     };
     refuse(
         &[

@@ -25,14 +25,7 @@ fn concurrent(backend: Backend, sessions: usize) {
     let _server = env.start(backend, Route::Hubssh, &[]);
     let sessions: Vec<_> = (0..sessions)
         .map(|i| {
-            let mut child = env
-                .ssh()
-                .args(["hub", "cat"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = env.spawn_ssh(&["hub", "cat"], Stdio::piped());
             let payload = data::bytes(PER_SESSION, i as u64 + 100);
             let mut stdin = child.stdin.take().unwrap();
             let sent = payload.clone();

@@ -44,14 +44,7 @@ fn exec_round_trip(backend: Backend, route: Route) {
 
 /// Runs ssh with `args`, writing `input` to its stdin and closing it.
 fn feed(env: &Env, args: &[&str], input: Vec<u8>) -> procs::Finished {
-    let mut child = env
-        .ssh()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_ssh(args, Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = procs::wait(child, 60, &format!("ssh {args:?}"));

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hubssh_tests::client::{Backend, Env, Route};
+use hubssh_tests::server::refused;
 use hubssh_tests::{bin, procs};
 
 /// `hubssh proxy URL` with stdin closed, bounded in time.
@@ -103,14 +104,7 @@ fn killed_server_ends_proxy_promptly() {
 fn killed_server_mid_transfer_ends_ssh_promptly() {
     let env = Env::new();
     let mut server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let mut child = env
-        .ssh()
-        .args(["hub", "cat /dev/zero"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_ssh(&["hub", "cat /dev/zero"], Stdio::null());
     let mut stdout = child.stdout.take().unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0;
@@ -137,14 +131,7 @@ fn killed_server_mid_transfer_ends_ssh_promptly() {
 fn garbage_and_probes_leave_live_sessions_alone() {
     let env = Env::new();
     let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let live = env
-        .ssh()
-        .args(["hub", "sleep 2; echo still-here"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let live = env.spawn_ssh(&["hub", "sleep 2; echo still-here"], Stdio::null());
     server.wait_for_login();
 
     for _ in 0..3 {
@@ -190,35 +177,18 @@ fn garbage_and_probes_leave_live_sessions_alone() {
 fn start_up_refusals_are_one_line() {
     let scratch = hubssh_tests::scratch();
     let state = scratch.path().join("state");
-    let run = |args: &[&str]| {
-        let out = procs::output(
-            Command::new(bin("hubsshd"))
-                .arg("--state-dir")
-                .arg(&state)
-                .args(args),
-            20,
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{args:?}: {}",
-            out.stderr_text()
-        );
-        out.stderr_text()
-    };
-    let err = run(&["--listen", "0.0.0.0:0", "--auth", "none"]);
+    let err = refused(&state, &["--listen", "0.0.0.0:0", "--auth", "none"]);
     assert!(err.contains("--auth none lets anyone"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    let err = run(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        "openssh",
-        "--sshd",
-        "/nonexistent/sshd",
-    ]);
-    assert!(
-        err.contains("/nonexistent/sshd") && err.lines().count() == 1,
-        "{err}"
+    let err = refused(
+        &state,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "openssh",
+            "--sshd",
+            "/nonexistent/sshd",
+        ],
     );
+    assert!(err.contains("/nonexistent/sshd"), "{err}");
 }

@@ -28,15 +28,21 @@ fn curl(args: &[&str]) -> String {
     .stdout_text()
 }
 
+/// A directory holding one file, to serve over HTTP.
+fn site(env: &Env, name: &str, text: &str) -> std::path::PathBuf {
+    let dir = env.path().join("site");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+    dir
+}
+
 #[test]
 fn vscode_pattern_bootstrap_then_local_and_dynamic_forwards() {
     need("python3");
     need("curl");
     let env = Env::new();
     let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let site = env.path().join("site");
-    std::fs::create_dir_all(&site).unwrap();
-    std::fs::write(site.join("hello.txt"), "hello through the tunnel\n").unwrap();
+    let site = site(&env, "hello.txt", "hello through the tunnel\n");
 
     // Like VS Code: `ssh -T host bash` with the bootstrap script on stdin; it starts a server
     // on a random loopback port and prints the port.
@@ -107,9 +113,7 @@ fn remote_forward_reaches_a_local_server() {
     need("curl");
     let env = Env::new();
     let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let site = env.path().join("site");
-    std::fs::create_dir_all(&site).unwrap();
-    std::fs::write(site.join("r.txt"), "reverse\n").unwrap();
+    let site = site(&env, "r.txt", "reverse\n");
     let local = free_port();
     let _http = background(
         Command::new("python3")

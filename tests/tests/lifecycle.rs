@@ -63,14 +63,7 @@ fn shutdown_ends_sessions(backend: Backend) {
     let env = Env::new();
     let mut server = env.start(backend, Route::Raw, &["--shutdown-grace", "1"]);
     let socket = server.socket.clone().unwrap();
-    let live = env
-        .ssh()
-        .args(["hub", "sleep 60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let live = env.spawn_ssh(&["hub", "sleep 60"], Stdio::null());
     server.wait_for_login();
     server.signal(15);
     let status = server

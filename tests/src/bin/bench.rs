@@ -90,7 +90,12 @@ fn measure_sftp(
         std::fs::write(&file, batch).expect("batch");
         let start = Instant::now();
         procs::output(
-            env.sftp(&file).args(["-o", &format!("Ciphers={CIPHER}")]),
+            Command::new("sftp")
+                .arg("-F")
+                .arg(&env.config)
+                .args(["-c", CIPHER, "-b"])
+                .arg(&file)
+                .arg("hub"),
             300,
         )
         .ok();
