@@ -40,6 +40,31 @@ fn exec_round_trip(backend: Backend, route: Route) {
     assert_eq!(out.status.code(), Some(4), "stderr: {}", out.stderr_text());
     assert_eq!(out.stdout_text().trim(), "3");
     assert!(out.stderr_text().contains("done"));
+
+    // env requests: LANG and LC_* pass (OpenSSH's usual AcceptEnv), others do not.
+    let out = procs::output(
+        env.ssh()
+            .env("LANG", "hubssh-test.UTF-8")
+            .env("LC_HUBSSH_TEST", "lc-value")
+            .env("HUBSSH_NOT_ACCEPTED", "nope")
+            .args(["-o", "SendEnv=LANG LC_HUBSSH_TEST HUBSSH_NOT_ACCEPTED"])
+            .args([
+                "hub",
+                "echo \"$LANG|$LC_HUBSSH_TEST|${HUBSSH_NOT_ACCEPTED:-unset}\"",
+            ]),
+        30,
+    )
+    .ok();
+    assert_eq!(out.stdout_text(), "hubssh-test.UTF-8|lc-value|unset\n");
+
+    // A command killed by a signal: reported as exit-signal, which OpenSSH's client turns into 255.
+    let out = env.ssh_run("kill -TERM $$", 30);
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "stderr: {}",
+        out.stderr_text()
+    );
 }
 
 /// Runs ssh with `args`, writing `input` to its stdin and closing it.

@@ -292,3 +292,39 @@ fn stuck_forward_does_not_hold_up_the_connection() {
     }
     drop(writer);
 }
+
+#[test]
+fn cancelled_remote_forward_stops_listening() {
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let ctl = env.path().join("ctl");
+    let ctl_opt = format!("ControlPath={}", ctl.display());
+    let _master =
+        background(
+            env.ssh()
+                .args(["-N", "-o", "ControlMaster=yes", "-o", &ctl_opt, "hub"]),
+        );
+    assert!(
+        procs::wait_until(20, || ctl.exists()),
+        "control master did not start"
+    );
+    let (remote, local) = (free_port(), free_port());
+    let spec = format!("{remote}:127.0.0.1:{local}");
+    procs::output(
+        env.ssh()
+            .args(["-o", &ctl_opt, "-O", "forward", "-R", &spec, "hub"]),
+        20,
+    )
+    .ok();
+    assert!(wait_port(remote, 10), "the -R listener did not open");
+    procs::output(
+        env.ssh()
+            .args(["-o", &ctl_opt, "-O", "cancel", "-R", &spec, "hub"]),
+        20,
+    )
+    .ok();
+    assert!(
+        procs::wait_until(10, || TcpStream::connect(("127.0.0.1", remote)).is_err()),
+        "the -R listener is still open after cancel"
+    );
+}

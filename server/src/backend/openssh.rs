@@ -121,6 +121,7 @@ impl OpenSsh {
             "PidFile=none".into(),
             "Subsystem=sftp internal-sftp".into(),
             "PrintMotd=no".into(),
+            "AcceptEnv=LANG LC_* COLORTERM".into(),
         ];
         for o in options.into_iter().chain(c.extra_options.iter().cloned()) {
             args.push("-o".into());
