@@ -115,9 +115,16 @@ impl Handler {
         let home = self.shared.user.home.clone();
         tokio::spawn(
             async move {
-                let (ours, theirs) = tokio::io::duplex(SFTP_PIPE);
-                russh_sftp::server::run(theirs, Sftp::new(home)).await;
-                forward::pump(ours, writer, inbox, Some(0)).await;
+                // The SFTP server reads the inbox and writes the channel directly; it drops the
+                // stream when the client ends the session, and then scp wants an exit status.
+                let (done_tx, done) = tokio::sync::oneshot::channel();
+                let out = NotifyOnDrop::new(writer.make_writer(), done_tx);
+                russh_sftp::server::run(tokio::io::join(inbox.into_reader(), out), Sftp::new(home))
+                    .await;
+                let _ = done.await;
+                let _ = writer.exit_status(0).await;
+                let _ = writer.eof().await;
+                let _ = writer.close().await;
             }
             .in_current_span(),
         );
@@ -125,8 +132,53 @@ impl Handler {
     }
 }
 
-/// Buffer between the channel and the SFTP server loop: one maximal SFTP packet and change.
-const SFTP_PIPE: usize = 512 * 1024;
+/// A writer that signals when it is dropped (russh-sftp's server loop gives no other sign of
+/// its end).
+struct NotifyOnDrop<W> {
+    inner: W,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<W> NotifyOnDrop<W> {
+    fn new(inner: W, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        NotifyOnDrop {
+            inner,
+            done: Some(done),
+        }
+    }
+}
+
+impl<W> Drop for NotifyOnDrop<W> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for NotifyOnDrop<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 fn reject() -> Auth {
     Auth::Reject {

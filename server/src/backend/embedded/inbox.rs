@@ -3,11 +3,13 @@
 //! handler drops bytes into a channel's inbox at once and a task per channel drains it.
 //! Only when a consumer is [`INBOX_CAP`] behind does the connection wait for it.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
@@ -96,13 +98,26 @@ impl InboxTx {
 impl Inbox {
     /// The next chunk, or `None` at EOF.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        match self.rx.recv().await? {
-            Item::Data(data) => {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        match ready!(self.rx.poll_recv(cx)) {
+            Some(Item::Data(data)) => {
                 self.level.queued.fetch_sub(data.len(), Ordering::AcqRel);
                 self.level.drained.notify_one();
-                Some(data)
+                Poll::Ready(Some(data))
             }
-            Item::Eof => None,
+            Some(Item::Eof) | None => Poll::Ready(None),
+        }
+    }
+
+    /// The inbox as a byte stream that ends at the client's EOF: for in-process consumers (the
+    /// SFTP server) that read directly, without a pipe and its copy in between.
+    pub fn into_reader(self) -> InboxReader {
+        InboxReader {
+            inbox: self,
+            current: Bytes::new(),
         }
     }
 
@@ -113,6 +128,31 @@ impl Inbox {
             out.flush().await?;
         }
         out.shutdown().await
+    }
+}
+
+/// See [`Inbox::into_reader`].
+#[derive(Debug)]
+pub struct InboxReader {
+    inbox: Inbox,
+    current: Bytes,
+}
+
+impl AsyncRead for InboxReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.current.is_empty() {
+            match ready!(self.inbox.poll_recv(cx)) {
+                Some(data) => self.current = data,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -136,6 +176,18 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"ab"));
         assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"c"));
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn reader_yields_bytes_then_eof() {
+        use tokio::io::AsyncReadExt;
+        let (tx, rx) = inbox();
+        tx.push(b"hello ").await;
+        tx.push(b"world").await;
+        tx.eof();
+        let mut out = String::new();
+        rx.into_reader().read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
     }
 
     #[tokio::test]
