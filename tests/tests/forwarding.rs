@@ -233,13 +233,12 @@ fn agent_forwarding_lists_the_key() {
     assert!(text.contains("sock=/"), "SSH_AUTH_SOCK not set: {text}");
 }
 
-#[test]
-fn stuck_forward_does_not_hold_up_the_connection() {
-    let env = Env::new();
-    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+/// Starts an OpenSSH ControlMaster for `hub`; returns it and the `ControlPath=...` option that
+/// sends later commands over its one connection.
+fn control_master(env: &Env) -> (procs::Background, String) {
     let ctl = env.path().join("ctl");
     let ctl_opt = format!("ControlPath={}", ctl.display());
-    let _master =
+    let master =
         background(
             env.ssh()
                 .args(["-N", "-o", "ControlMaster=yes", "-o", &ctl_opt, "hub"]),
@@ -248,6 +247,14 @@ fn stuck_forward_does_not_hold_up_the_connection() {
         procs::wait_until(20, || ctl.exists()),
         "control master did not start"
     );
+    (master, ctl_opt)
+}
+
+#[test]
+fn stuck_forward_does_not_hold_up_the_connection() {
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let (_master, ctl_opt) = control_master(&env);
 
     // A target that accepts and never reads.
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -297,17 +304,7 @@ fn stuck_forward_does_not_hold_up_the_connection() {
 fn cancelled_remote_forward_stops_listening() {
     let env = Env::new();
     let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let ctl = env.path().join("ctl");
-    let ctl_opt = format!("ControlPath={}", ctl.display());
-    let _master =
-        background(
-            env.ssh()
-                .args(["-N", "-o", "ControlMaster=yes", "-o", &ctl_opt, "hub"]),
-        );
-    assert!(
-        procs::wait_until(20, || ctl.exists()),
-        "control master did not start"
-    );
+    let (_master, ctl_opt) = control_master(&env);
     let (remote, local) = (free_port(), free_port());
     let spec = format!("{remote}:127.0.0.1:{local}");
     procs::output(
