@@ -180,6 +180,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for NotifyOnDrop<W>
     }
 }
 
+/// A terminal dimension from the wire (u32) as a pty takes it, clamped.
+fn dimension(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
 fn reject() -> Auth {
     Auth::Reject {
         proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
@@ -322,8 +327,8 @@ impl russh::server::Handler for Handler {
             Some(chan) => {
                 chan.pty = Some(PtyParams {
                     term: term.to_owned(),
-                    cols: u16::try_from(cols).unwrap_or(u16::MAX),
-                    rows: u16::try_from(rows).unwrap_or(u16::MAX),
+                    cols: dimension(cols),
+                    rows: dimension(rows),
                 });
                 session.channel_success(channel)?;
             }
@@ -400,10 +405,7 @@ impl russh::server::Handler for Handler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(chan) = self.sessions.get_mut(&channel) {
-            let (cols, rows) = (
-                u16::try_from(cols).unwrap_or(u16::MAX),
-                u16::try_from(rows).unwrap_or(u16::MAX),
-            );
+            let (cols, rows) = (dimension(cols), dimension(rows));
             match (&chan.control, &mut chan.pty) {
                 (Some(control), _) => {
                     let _ = control.send(Control::Resize { cols, rows });

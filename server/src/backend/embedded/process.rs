@@ -134,6 +134,14 @@ fn signal_of(sig: &Sig) -> Option<Signal> {
     })
 }
 
+/// Delivers a client's `signal` request to the command's process group (like OpenSSH, which
+/// signals the session's process group); unknown signals and exited commands are ignored.
+fn signal_group(pgid: Option<Pid>, sig: &Sig) {
+    if let (Some(pgid), Some(sig)) = (pgid, signal_of(sig)) {
+        let _ = killpg(pgid, sig);
+    }
+}
+
 /// The shell's arguments: `-c command`, or none for a login shell (whose argv0 starts with `-`).
 fn shell_args(launch: &Launch) -> (OsString, Vec<OsString>) {
     let name = launch
@@ -187,10 +195,8 @@ async fn run_pipes(
     let err = forward_output(stderr, channel.make_writer_ext(Some(1)));
     let signals = tokio::spawn(async move {
         while let Some(c) = control.recv().await {
-            if let (Control::Signal(sig), Some(pgid)) = (c, pgid) {
-                if let Some(sig) = signal_of(&sig) {
-                    let _ = killpg(pgid, sig);
-                }
+            if let Control::Signal(sig) = c {
+                signal_group(pgid, &sig);
             }
         }
     });
@@ -255,11 +261,7 @@ async fn run_pty(
                     Some(Control::Resize { cols, rows }) => {
                         let _ = writer.resize(pty_process::Size::new(rows.max(1), cols.max(1)));
                     }
-                    Some(Control::Signal(sig)) => {
-                        if let (Some(sig), Some(pgid)) = (signal_of(&sig), pgid) {
-                            let _ = killpg(pgid, sig);
-                        }
-                    }
+                    Some(Control::Signal(sig)) => signal_group(pgid, &sig),
                     None => std::future::pending::<()>().await,
                 },
             }
