@@ -17,7 +17,7 @@ pub enum ConnectError {
     Tls { host: String, reason: String },
     #[error("{0}")]
     Setup(String),
-    #[error("the hub refused the token (HTTP {status}): it is wrong, expired or revoked. Get a new one at {hub}/hub/token")]
+    #[error("the hub refused the token (HTTP {status}): it is wrong, expired or revoked, or it gives no access to this server. Get a new one at {hub}/hub/token")]
     TokenRejected { status: u16, hub: String },
     #[error("the hub wants a token (HTTP {status}) and none was given: set HUBSSH_TOKEN or pass --token-file FILE (tokens are made at {hub}/hub/token)")]
     TokenMissing { status: u16, hub: String },

@@ -13,10 +13,11 @@ use crate::dialect::{self, Dialect};
 use crate::http;
 use crate::prefixed::Prefixed;
 use crate::ws_io::{self, WsIo};
-use crate::Server;
+use crate::{Auth, Server};
 
 /// Serves one connection to its end. Errors are logged here: one bad client never affects others.
-pub async fn handle<S>(mut stream: S, server: Arc<Server>, cancel: CancellationToken)
+/// `raw_ssh` says whether SSH without a WebSocket (and so without a token) is served here.
+pub async fn handle<S>(mut stream: S, server: Arc<Server>, raw_ssh: bool, cancel: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -31,6 +32,9 @@ where
         Dialect::Probe => debug!("empty connection (readiness probe)"),
         Dialect::Unknown(first) => {
             warn!(first_bytes = %escape(&first), "closing connection: neither HTTP nor SSH")
+        }
+        Dialect::Ssh(_) if !raw_ssh => {
+            warn!("closing raw ssh connection: with --auth hub, a TCP listener takes authenticated WebSockets only")
         }
         Dialect::Ssh(first) => {
             info!("raw ssh connection");
@@ -79,6 +83,14 @@ where
         };
         let _ = http::respond(&mut stream, status, reason, &body).await;
         return;
+    }
+    if let Auth::Hub(hub) = &server.auth {
+        let verdict = hub.check(head.authorization.as_deref()).await;
+        if let Some((status, reason, body)) = verdict.refusal() {
+            info!(%path, status, "websocket refused");
+            let _ = http::respond(&mut stream, status, reason, &body).await;
+            return;
+        }
     }
     let stream = Prefixed::new(head.raw, stream);
     let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(ws_io::config())).await

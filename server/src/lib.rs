@@ -3,14 +3,15 @@
 //!
 //! Map: [`listener`] binds and accepts; [`connection`] handles one connection; [`dialect`] sniffs
 //! its first bytes; [`http`] reads request heads; [`ws_io`] turns a WebSocket into a byte
-//! stream; [`prefixed`] replays sniffed bytes; [`backend`] runs the SSH server; [`state`] keeps
-//! the host key.
+//! stream; [`prefixed`] replays sniffed bytes; [`hub_auth`] checks hub tokens; [`backend`] runs
+//! the SSH server; [`state`] keeps the host key.
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod connection;
 pub mod dialect;
 pub mod http;
+pub mod hub_auth;
 pub mod listener;
 pub mod prefixed;
 pub mod state;
@@ -34,10 +35,13 @@ pub const MAX_CONNECTIONS: usize = 512;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How hubsshd authenticates WebSocket clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Auth {
     /// Nobody is checked: only for loopback and unix-socket listeners.
     None,
+    /// A hub API token with access to this server (`--auth hub`). Raw SSH, which carries no
+    /// token, is then accepted on a unix socket only.
+    Hub(Arc<hub_auth::HubAuth>),
 }
 
 /// Everything a connection needs.
@@ -63,11 +67,14 @@ pub enum ServeError {
 /// `--auth none` anywhere but loopback or a unix socket; the `tunnel` SSH policy on a listener
 /// that other users could reach.
 pub fn check_exposure(listener: &Listener, server: &Server) -> Result<(), ServeError> {
-    if server.auth == Auth::None && !listener.is_local() {
+    if matches!(server.auth, Auth::None) && !listener.is_local() {
         return Err(ServeError::UnauthenticatedExposed(listener.describe()));
     }
     if let Backend::Embedded(e) = &server.backend {
-        if *e.auth() == backend::embedded::SshAuth::Tunnel {
+        // Behind hub auth on TCP, only the server's hub users get through (raw SSH is refused there).
+        let hub_guarded =
+            matches!(server.auth, Auth::Hub(_)) && matches!(listener, Listener::Tcp(_));
+        if *e.auth() == backend::embedded::SshAuth::Tunnel && !hub_guarded {
             if let Err(why) = listener.private_to_owner() {
                 return Err(ServeError::TunnelExposed(listener.describe(), why));
             }
@@ -77,6 +84,12 @@ pub fn check_exposure(listener: &Listener, server: &Server) -> Result<(), ServeE
         }
     }
     Ok(())
+}
+
+/// Raw SSH carries no token: with hub auth it is accepted only where nobody but this user can
+/// connect (a unix socket; jupyter-server-proxy checked the token before passing the bytes on).
+fn raw_ssh_allowed(listener: &Listener, server: &Server) -> bool {
+    !(matches!(server.auth, Auth::Hub(_)) && matches!(listener, Listener::Tcp(_)))
 }
 
 /// Accepts connections on `listener` until `shutdown` fires, then gives live sessions
@@ -90,6 +103,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     check_exposure(&listener, &server)?;
+    let raw_ssh = raw_ssh_allowed(&listener, &server);
     let server = Arc::new(server);
     let tracker = TaskTracker::new();
     let sessions = CancellationToken::new();
@@ -117,7 +131,7 @@ pub async fn serve(
         let (server, cancel) = (server.clone(), sessions.child_token());
         tracker.spawn(
             async move {
-                connection::handle(conn, server, cancel).await;
+                connection::handle(conn, server, raw_ssh, cancel).await;
                 drop(permit);
             }
             .instrument(span),

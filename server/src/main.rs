@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use hubsshd::backend::embedded::{Embedded, SshAuth, UserInfo};
 use hubsshd::backend::openssh::{find_program, OpenSsh, OpenSshConfig, OpenSshError};
+use hubsshd::hub_auth::HubAuth;
 use hubsshd::{state, Auth, Backend, Listener, Server};
 use tokio_util::sync::CancellationToken;
 
@@ -29,9 +31,24 @@ struct Args {
     /// SSH server behind the tunnel: built in, or OpenSSH's sshd.
     #[arg(long, value_enum, default_value_t = BackendArg::Embedded)]
     backend: BackendArg,
-    /// How WebSocket clients are authenticated. `none` is for loopback and unix sockets only.
+    /// How WebSocket clients are authenticated: `hub` (a hub API token with access to this
+    /// server) or `none` (loopback and unix sockets only).
     #[arg(long, value_enum, default_value_t = AuthArg::None)]
     auth: AuthArg,
+    /// The hub API that checks tokens for `--auth hub`.
+    #[arg(long, value_name = "URL", env = "JUPYTERHUB_API_URL")]
+    hub_api_url: Option<String>,
+    /// The hub user who owns this server, for `--auth hub`.
+    #[arg(long, value_name = "NAME", env = "JUPYTERHUB_USER")]
+    hub_user: Option<String>,
+    /// The server's name (empty for the user's default server), for `--auth hub`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "JUPYTERHUB_SERVER_NAME",
+        default_value = ""
+    )]
+    hub_server_name: String,
     /// How SSH clients are authenticated (embedded backend) [default: tunnel on a unix socket, keys otherwise].
     #[arg(long, value_enum)]
     ssh_auth: Option<SshAuthArg>,
@@ -67,6 +84,7 @@ enum BackendArg {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum AuthArg {
     None,
+    Hub,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -139,6 +157,14 @@ async fn run(args: Args) -> Result<()> {
     };
     let auth = match args.auth {
         AuthArg::None => Auth::None,
+        AuthArg::Hub => {
+            let (Some(api), Some(user)) = (args.hub_api_url, args.hub_user) else {
+                bail!("--auth hub needs the hub API URL and the server's owner: --hub-api-url and --hub-user, or JUPYTERHUB_API_URL and JUPYTERHUB_USER as JupyterHub sets them")
+            };
+            let hub = HubAuth::new(&api, user, args.hub_server_name)?;
+            tracing::info!(server = %hub.describe(), "hub token auth");
+            Auth::Hub(Arc::new(hub))
+        }
     };
     let listener = match (&args.listen, &args.unix_socket) {
         (Some(addr), _) => Listener::bind_tcp(*addr).await?,

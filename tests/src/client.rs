@@ -107,11 +107,27 @@ impl Env {
         ));
     }
 
+    /// Writes the ssh config for a hub user: `Host hub` through `proxy_command` as `user`, with
+    /// no key at all: the hub token that opens the tunnel is the only credential.
+    pub fn write_keyless_config(&self, user: &str, proxy_command: &str) {
+        self.write_config_text(
+            &format!("  HostName hub.test\n  ProxyCommand {proxy_command}\n"),
+            user,
+            "  PubkeyAuthentication no\n  IdentityFile none\n",
+        );
+    }
+
     fn write_config_lines(&self, route: &str) {
+        let auth = format!(
+            "  IdentityFile {}\n  IdentitiesOnly yes\n",
+            self.key.display()
+        );
+        self.write_config_text(route, &crate::user_name(), &auth);
+    }
+
+    fn write_config_text(&self, route: &str, user: &str, auth: &str) {
         let text = format!(
-            "Host hub\n{route}  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 20\n  ControlPath none\n",
-            user = crate::user_name(),
-            key = self.key.display(),
+            "Host hub\n{route}  User {user}\n{auth}  UserKnownHostsFile {kh}\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 20\n  ControlPath none\n",
             kh = self.path().join("known_hosts").display(),
         );
         std::fs::write(&self.config, text).expect("ssh config");

@@ -2,11 +2,14 @@
 //! `ProxyCommand` goes through the tunnel, and run the real OpenSSH tools against it.
 //!
 //! Map: [`procs`] runs commands with deadlines; [`server`] starts hubsshd; [`client`] holds the
-//! client key, known_hosts and ssh config; [`data`] makes and compares test files.
+//! client key, known_hosts and ssh config; [`data`] makes and compares test files; [`scenarios`]
+//! are the checks run on every route; [`hub`] runs a real JupyterHub.
 
 pub mod client;
 pub mod data;
+pub mod hub;
 pub mod procs;
+pub mod scenarios;
 pub mod server;
 
 use std::path::PathBuf;
