@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::endpoint::Endpoint;
 use crate::error::{self, ConnectError};
+use crate::net_proxy::HttpProxy;
 use crate::token::Token;
 
 /// The transport under the WebSocket.
@@ -34,6 +35,8 @@ pub struct ConnectOptions {
     pub token: Option<Token>,
     /// TLS settings for `wss://`; required for TLS endpoints.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// An HTTP proxy to reach the hub through (CONNECT).
+    pub proxy: Option<HttpProxy>,
 }
 
 /// Opens the WebSocket to `endpoint`.
@@ -45,7 +48,10 @@ pub async fn connect(
     opts: &ConnectOptions,
 ) -> Result<WebSocketStream<Transport>, ConnectError> {
     let fut = async {
-        let tcp = tcp(endpoint).await?;
+        let tcp = match &opts.proxy {
+            Some(proxy) => proxy.connect(&endpoint.host_port()).await?,
+            None => tcp(endpoint).await?,
+        };
         let transport = if endpoint.tls {
             Either::Right(tls(endpoint, opts, tcp).await?)
         } else {

@@ -75,6 +75,15 @@ impl Endpoint {
         }
     }
 
+    /// `host:port` with the port always written, as a CONNECT request names it.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     /// True for localhost and loopback addresses.
     pub fn is_loopback(&self) -> bool {
         self.host == "localhost"

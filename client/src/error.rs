@@ -17,6 +17,8 @@ pub enum ConnectError {
     Tls { host: String, reason: String },
     #[error("{0}")]
     Setup(String),
+    #[error("HTTP proxy {proxy}: {reason}. Check --proxy or HTTPS_PROXY, or exempt the hub with NO_PROXY")]
+    Proxy { proxy: String, reason: String },
     #[error("the hub refused the token (HTTP {status}): it is wrong, expired or revoked, or it gives no access to this server. Get a new one at {hub}/hub/token")]
     TokenRejected { status: u16, hub: String },
     #[error("the hub wants a token (HTTP {status}) and none was given: set HUBSSH_TOKEN or pass --token-file FILE (tokens are made at {hub}/hub/token)")]

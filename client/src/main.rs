@@ -30,6 +30,13 @@ enum Command {
         /// Also trust the CA certificates in this PEM file.
         #[arg(long, value_name = "FILE")]
         cacert: Option<PathBuf>,
+        /// Do not check the hub's TLS certificate (prints a warning). Prefer --cacert.
+        #[arg(long)]
+        insecure: bool,
+        /// HTTP proxy for the tunnel, http://[USER:PASS@]HOST:PORT [default: $HTTPS_PROXY,
+        /// $ALL_PROXY (for ws://: $HTTP_PROXY), minus $NO_PROXY].
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
         /// Seconds between WebSocket pings (0: none). Three missed pings end the connection.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         ping_interval: u64,
@@ -51,12 +58,16 @@ fn main() {
             url,
             token_file,
             cacert,
+            insecure,
+            proxy,
             ping_interval,
         } => {
             let config = ProxyConfig {
                 url,
                 token_file,
                 cacert,
+                insecure,
+                proxy,
                 bridge: BridgeOptions {
                     ping_interval: (ping_interval > 0).then(|| Duration::from_secs(ping_interval)),
                     ..BridgeOptions::default()

@@ -7,6 +7,7 @@ use crate::bridge::{self, BridgeEnd, BridgeError, BridgeOptions};
 use crate::connect::{self, ConnectOptions};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::error::ConnectError;
+use crate::net_proxy;
 use crate::tls::{self, TlsSetupError};
 use crate::token::{self, TokenError};
 
@@ -19,6 +20,10 @@ pub struct ProxyConfig {
     pub url: String,
     pub token_file: Option<PathBuf>,
     pub cacert: Option<PathBuf>,
+    /// `--insecure`: do not check the hub's certificate.
+    pub insecure: bool,
+    /// `--proxy URL`: overrides the proxy environment variables.
+    pub proxy: Option<String>,
     pub bridge: BridgeOptions,
 }
 
@@ -49,11 +54,22 @@ pub async fn run(config: ProxyConfig) -> Result<BridgeEnd, ProxyError> {
         tracing::warn!(host = %endpoint.host, "sending the token unencrypted (ws:// to a host that is not this machine); use https://");
     }
     let tls = if endpoint.tls {
-        Some(tls::client_config(config.cacert.as_deref())?)
+        Some(tls::client_config(
+            config.cacert.as_deref(),
+            config.insecure,
+        )?)
     } else {
         None
     };
-    let ws = connect::connect(&endpoint, &ConnectOptions { token, tls }).await?;
+    let proxy = net_proxy::choose(
+        config.proxy.as_deref(),
+        |name| std::env::var(name).ok(),
+        endpoint.tls,
+        &endpoint.host,
+        endpoint.port,
+    )?;
+    let opts = ConnectOptions { token, tls, proxy };
+    let ws = connect::connect(&endpoint, &opts).await?;
     let input = crate::stdio::stdin_reader();
     let (output, writer) = crate::stdio::stdout_writer();
     let end = bridge::bridge(ws, input, output, config.bridge).await;

@@ -21,7 +21,22 @@ pub enum TlsSetupError {
 }
 
 /// Builds the client TLS configuration: platform roots, then `SSL_CERT_FILE`, then `cacert`.
-pub fn client_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+/// `insecure` accepts any certificate (with a warning on stderr): for a hub on a self-signed
+/// certificate, when asked for explicitly.
+pub fn client_config(
+    cacert: Option<&Path>,
+    insecure: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if insecure {
+        eprintln!("hubssh: warning: --insecure: the hub's certificate is not checked, so anyone on the network path could read or change this session");
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        return Ok(Arc::new(config));
+    }
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -39,7 +54,6 @@ pub fn client_config(cacert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>,
     if roots.is_empty() {
         return Err(TlsSetupError::NoRoots);
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -60,4 +74,54 @@ fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> 
         return Err(fail("no PEM certificates in it".into()));
     }
     Ok(certs)
+}
+
+/// `--insecure`: any certificate is accepted; the handshake signatures are still checked, so the
+/// session is encrypted to whoever holds the presented key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

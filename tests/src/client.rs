@@ -117,12 +117,21 @@ impl Env {
         );
     }
 
+    /// Writes the ssh config: `Host hub` through `proxy_command` as `user`, with this env's key.
+    pub fn write_config_as(&self, user: &str, proxy_command: &str) {
+        let route = format!("  HostName hub.test\n  ProxyCommand {proxy_command}\n");
+        self.write_config_text(&route, user, &self.key_auth());
+    }
+
     fn write_config_lines(&self, route: &str) {
-        let auth = format!(
+        self.write_config_text(route, &crate::user_name(), &self.key_auth());
+    }
+
+    fn key_auth(&self) -> String {
+        format!(
             "  IdentityFile {}\n  IdentitiesOnly yes\n",
             self.key.display()
-        );
-        self.write_config_text(route, &crate::user_name(), &auth);
+        )
     }
 
     fn write_config_text(&self, route: &str, user: &str, auth: &str) {

@@ -23,6 +23,13 @@ pub fn venv() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/opt/hubssh-ci/venv"))
 }
 
+/// The benchmark's baseline venv (jupyter-sshd-proxy), made by `scripts/hub-venv --baseline`.
+pub fn baseline_venv() -> PathBuf {
+    std::env::var_os("HUBSSH_TEST_BASELINE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/hubssh-ci/baseline-venv"))
+}
+
 /// The running hub.
 pub struct Hub {
     /// The hub's state: database, logs, config for the server without the endpoint. 0755, so the
@@ -93,6 +100,7 @@ impl Hub {
             .env("HUBSSH_TEST_CHP_API_PORT", chp_port.to_string())
             .env("HUBSSH_TEST_CHP_TOKEN", random_hex())
             .env("HUBSSH_TEST_ADMIN_TOKEN", &admin_token)
+            .env("HUBSSH_TEST_BASELINE_VENV", baseline_venv())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

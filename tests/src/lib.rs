@@ -3,11 +3,13 @@
 //!
 //! Map: [`procs`] runs commands with deadlines; [`server`] starts hubsshd; [`client`] holds the
 //! client key, known_hosts and ssh config; [`data`] makes and compares test files; [`scenarios`]
-//! are the checks run on every route; [`hub`] runs a real JupyterHub.
+//! are the checks run on every route; [`hub`] runs a real JupyterHub; [`network`] puts TLS and
+//! an HTTP proxy in front of it.
 
 pub mod client;
 pub mod data;
 pub mod hub;
+pub mod network;
 pub mod procs;
 pub mod scenarios;
 pub mod server;

@@ -94,6 +94,26 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> 
     })
 }
 
+/// Collects the lines `r` produces into a shared log, calling `each` on every line first (for
+/// example to spot a readiness line). Runs until `r` ends.
+pub fn collect_lines(
+    r: impl Read + Send + 'static,
+    mut each: impl FnMut(&str) + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            each(&line);
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    log
+}
+
 /// Polls `check` until it returns true or `secs` pass.
 pub fn wait_until(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);

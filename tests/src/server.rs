@@ -1,7 +1,6 @@
 //! A running `hubsshd` for one test: started on a free loopback port or a unix socket, its log
 //! collected, killed when dropped.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -81,23 +80,11 @@ impl Hubsshd {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start hubsshd");
-        let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
+        let log = procs::collect_lines(child.stderr.take().expect("stderr"), move |line| {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {

@@ -5,6 +5,12 @@
 //! `sshd -i`; (c) ssh -> websocat -> hubsshd -> `sshd -i` (what users run today); (d) ssh ->
 //! `hubssh proxy` -> hubsshd's embedded SSH server. Then SFTP put/get through (b) and (d), and
 //! hubsshd's memory per idle session on the embedded backend.
+//!
+//! Then, when the hub test venvs exist (`scripts/hub-venv --baseline`), the same through a real
+//! JupyterHub: (h) ssh -> `hubssh proxy` -> configurable-http-proxy -> jupyter-server-proxy ->
+//! hubsshd (embedded, from the jupyter-hubssh wheel) beside (w) ssh -> websocat -> the same hub ->
+//! jupyter-sshd-proxy's sshd (what users run today), with ratios to (w). Needs root (it creates
+//! the hub's users).
 //! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,28 +69,126 @@ fn main() {
         let _server = env.start(backend, route, &[]);
         all.push(measure(name, &env, mib, runs));
         if route == Route::Hubssh {
-            sftp.push(measure_sftp(name, &env, mib, runs));
+            sftp.push(measure_sftp(name, &env, env.path(), mib, runs));
         }
     }
     report(&all);
     report_sftp(&sftp);
     memory_per_session(50);
+    through_the_hub(mib, runs);
+}
+
+/// Routes through a real JupyterHub: hubssh + jupyter-hubssh against websocat + jupyter-sshd-proxy.
+fn through_the_hub(mib: usize, runs: usize) {
+    use hubssh_tests::hub;
+    let (venv, baseline) = (hub::venv(), hub::baseline_venv());
+    if !venv.join("bin/hubsshd").exists() || !baseline.join("bin/jupyterhub-singleuser").exists() {
+        println!("\n(skipping the hub routes: run scripts/hub-venv --baseline first)");
+        return;
+    }
+    let hub = hub::hub();
+    let (alice, carol) = ("hubssh-alice", "hubssh-carol-baseline");
+    hub.start_server(alice);
+    hub::ensure_system_user(carol);
+    let baseline_env = Env::new();
+    // jupyter-sshd-proxy's sshd reads the user's own authorized_keys.
+    let ssh_dir = std::path::PathBuf::from(format!("/home/{carol}/.ssh"));
+    std::fs::create_dir_all(&ssh_dir).expect("carol's .ssh");
+    std::fs::copy(
+        &baseline_env.authorized_keys,
+        ssh_dir.join("authorized_keys"),
+    )
+    .expect("keys");
+    procs::output(
+        Command::new("chown")
+            .args(["-R", &format!("{carol}:{carol}")])
+            .arg(&ssh_dir),
+        10,
+    )
+    .ok();
+    procs::output(
+        Command::new("chmod").args(["-R", "go-rwx"]).arg(&ssh_dir),
+        10,
+    )
+    .ok();
+    hub.start_server(carol);
+
+    let ours = Env::new();
+    let (token, _) = hub.token(alice, None, ours.path());
+    ours.write_keyless_config(
+        alice,
+        &format!(
+            "{} proxy --token-file {} {}",
+            hubssh_tests::bin("hubssh").display(),
+            token.display(),
+            hub.sshd_url(alice)
+        ),
+    );
+    let (carol_token, _) = hub.token(carol, None, baseline_env.path());
+    let secret = std::fs::read_to_string(&carol_token).expect("token");
+    let websocat = hubssh_tests::which("websocat").expect("websocat on PATH");
+    // The websocat line users paste today (the token on its command line is theirs, not ours).
+    baseline_env.write_config_as(
+        carol,
+        &format!(
+            "{} --binary -H 'Authorization: token {}' {}",
+            websocat.display(),
+            secret.trim(),
+            hub.sshd_url(carol).replace("http://", "ws://")
+        ),
+    );
+
+    let figures = vec![
+        measure(
+            "w  ssh -> websocat -> hub -> jupyter-sshd-proxy",
+            &baseline_env,
+            mib,
+            runs,
+        ),
+        measure(
+            "h  ssh -> hubssh -> hub -> hubsshd (embedded)",
+            &ours,
+            mib,
+            runs,
+        ),
+    ];
+    println!("\nthrough a real JupyterHub (ratios to w):");
+    report(&figures);
+    let far = |user: &str| std::path::PathBuf::from(format!("/home/{user}"));
+    let sftp = vec![
+        measure_sftp(
+            "w  websocat -> jupyter-sshd-proxy (internal-sftp)",
+            &baseline_env,
+            &far(carol),
+            mib,
+            runs,
+        ),
+        measure_sftp(
+            "h  hubssh -> hubsshd (embedded)",
+            &ours,
+            &far(alice),
+            mib,
+            runs,
+        ),
+    ];
+    report_sftp(&sftp);
+    let _ = std::fs::remove_file(far(carol).join("sftp-there.bin"));
+    let _ = std::fs::remove_file(far(alice).join("sftp-there.bin"));
 }
 
 /// SFTP put and get MiB/s through one route.
+/// `far` is a directory the server's user can write.
 fn measure_sftp(
     name: &'static str,
     env: &Env,
+    far: &std::path::Path,
     mib: usize,
     runs: usize,
 ) -> (&'static str, f64, f64) {
     eprintln!("measuring sftp through {name} ...");
     let src = env.path().join("sftp-src.bin");
     hubssh_tests::data::file(&src, mib << 20, 5);
-    let (there, back) = (
-        env.path().join("sftp-there.bin"),
-        env.path().join("sftp-back.bin"),
-    );
+    let (there, back) = (far.join("sftp-there.bin"), env.path().join("sftp-back.bin"));
     let timed = |batch: String| {
         let file = env.path().join("batch");
         std::fs::write(&file, batch).expect("batch");
