@@ -48,15 +48,7 @@ pub async fn connect(
     opts: &ConnectOptions,
 ) -> Result<WebSocketStream<Transport>, ConnectError> {
     let fut = async {
-        let tcp = match &opts.proxy {
-            Some(proxy) => proxy.connect(&endpoint.host_port()).await?,
-            None => tcp(endpoint).await?,
-        };
-        let transport = if endpoint.tls {
-            Either::Right(tls(endpoint, opts, tcp).await?)
-        } else {
-            Either::Left(tcp)
-        };
+        let transport = transport(endpoint, opts).await?;
         handshake(endpoint, opts, transport).await
     };
     tokio::time::timeout(CONNECT_TIMEOUT, fut)
@@ -65,6 +57,26 @@ pub async fn connect(
             authority: endpoint.authority(),
             secs: CONNECT_TIMEOUT.as_secs(),
         })?
+}
+
+/// The connection to `endpoint`'s host: TCP, directly or through the HTTP proxy, then TLS for
+/// `wss://`/`https://`.
+///
+/// # Errors
+/// DNS, TCP, proxy and TLS failures, each named.
+pub async fn transport(
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+) -> Result<Transport, ConnectError> {
+    let tcp = match &opts.proxy {
+        Some(proxy) => proxy.connect(&endpoint.host_port()).await?,
+        None => tcp(endpoint).await?,
+    };
+    Ok(if endpoint.tls {
+        Either::Right(tls(endpoint, opts, tcp).await?)
+    } else {
+        Either::Left(tcp)
+    })
 }
 
 async fn tcp(endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {
@@ -138,6 +150,18 @@ fn tls_reason(err: &std::io::Error) -> String {
     }
 }
 
+/// `Authorization: token T`, marked sensitive so it is never printed.
+///
+/// # Errors
+/// A token with characters an HTTP header cannot carry.
+pub fn authorization(token: &Token) -> Result<HeaderValue, ConnectError> {
+    let mut value = HeaderValue::from_str(&format!("token {}", token.expose())).map_err(|_| {
+        ConnectError::Setup("the token contains characters not allowed in an HTTP header".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 async fn handshake(
     endpoint: &Endpoint,
     opts: &ConnectOptions,
@@ -157,14 +181,7 @@ async fn handshake(
         HeaderValue::from_static(concat!("hubssh/", env!("CARGO_PKG_VERSION"))),
     );
     if let Some(token) = &opts.token {
-        let mut value =
-            HeaderValue::from_str(&format!("token {}", token.expose())).map_err(|_| {
-                ConnectError::Setup(
-                    "the token contains characters not allowed in an HTTP header".into(),
-                )
-            })?;
-        value.set_sensitive(true);
-        headers.insert("authorization", value);
+        headers.insert("authorization", authorization(token)?);
     }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_RECEIVE))

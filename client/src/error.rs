@@ -25,7 +25,7 @@ pub enum ConnectError {
     TokenMissing { status: u16, hub: String },
     #[error("nothing at {url} (HTTP 404): check the user and server names in the URL, and that the token may access that server")]
     NotFound { url: String },
-    #[error("the server at {url} is not running ({why}): start it at {hub}/hub/home")]
+    #[error("the server at {url} is not running ({why}): start it with --start (hubssh proxy --start, or hubssh config add --start) or at {hub}/hub/home")]
     ServerNotRunning {
         url: String,
         why: String,

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use hubssh::bridge::BridgeOptions;
+use hubssh::commands::{self, AddHost, Net};
 use hubssh::proxy::{self, ProxyConfig};
 
 /// SSH into your JupyterHub server over HTTPS.
@@ -18,29 +19,108 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach the hub: TLS and proxy options shared by every command.
+#[derive(Args, Debug, Clone, Default)]
+struct NetArgs {
+    /// Also trust the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Do not check the hub's TLS certificate (prints a warning). Prefer --cacert.
+    #[arg(long)]
+    insecure: bool,
+    /// HTTP proxy, http://[USER:PASS@]HOST:PORT [default: $HTTPS_PROXY, $ALL_PROXY (for ws://:
+    /// $HTTP_PROXY), minus $NO_PROXY].
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+}
+
+impl From<NetArgs> for Net {
+    fn from(a: NetArgs) -> Net {
+        Net {
+            cacert: a.cacert,
+            insecure: a.insecure,
+            proxy: a.proxy,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Bridge stdin/stdout to a server's sshd endpoint (use as ssh's ProxyCommand).
     Proxy {
-        /// The endpoint, e.g. https://hub.example.org/user/NAME/sshd/
-        url: String,
-        /// Read the hub API token from this file [default: $HUBSSH_TOKEN, $JUPYTERHUB_API_TOKEN].
+        /// A host added with `hubssh config add`, or an endpoint URL such as
+        /// https://hub.example.org/user/NAME/sshd/
+        target: String,
+        /// Read the hub API token from this file [default: $HUBSSH_TOKEN, $JUPYTERHUB_API_TOKEN,
+        /// then the token saved by `hubssh login`].
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
-        /// Also trust the CA certificates in this PEM file.
-        #[arg(long, value_name = "FILE")]
-        cacert: Option<PathBuf>,
-        /// Do not check the hub's TLS certificate (prints a warning). Prefer --cacert.
+        /// Start the server if it is not running, showing the hub's progress.
         #[arg(long)]
-        insecure: bool,
-        /// HTTP proxy for the tunnel, http://[USER:PASS@]HOST:PORT [default: $HTTPS_PROXY,
-        /// $ALL_PROXY (for ws://: $HTTP_PROXY), minus $NO_PROXY].
-        #[arg(long, value_name = "URL")]
-        proxy: Option<String>,
+        start: bool,
+        #[command(flatten)]
+        net: NetArgs,
         /// Seconds between WebSocket pings (0: none). Three missed pings end the connection.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         ping_interval: u64,
     },
+    /// Check a token with the hub and save it (prompted without echo, or read from stdin).
+    Login {
+        /// The hub, e.g. https://hub.example.org
+        hub: String,
+        /// Read the token from this file instead.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Forget the token saved for a hub.
+    Logout { hub: String },
+    /// Manage the hubssh hosts in your ssh config.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Add (or update) `Host NAME` in the managed block of the ssh config.
+    Add {
+        name: String,
+        /// The hub, e.g. https://hub.example.org
+        #[arg(long)]
+        hub: String,
+        /// The hub user whose server to reach [default: the user you logged in as].
+        #[arg(long)]
+        user: Option<String>,
+        /// A named server [default: the user's default server].
+        #[arg(long, default_value = "")]
+        server: String,
+        /// Start the server when it is not running.
+        #[arg(long)]
+        start: bool,
+        #[command(flatten)]
+        file: ConfigFile,
+    },
+    /// Remove `Host NAME` from the managed block.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        file: ConfigFile,
+    },
+    /// List the hosts hubssh manages.
+    List,
+}
+
+#[derive(Args, Debug)]
+struct ConfigFile {
+    /// The ssh config file to edit [default: ~/.ssh/config].
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// Print what would change instead of writing it.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() {
@@ -53,21 +133,19 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fail(&format!("cannot start: {e}")),
     };
-    match cli.command {
+    let result = match cli.command {
         Command::Proxy {
-            url,
+            target,
             token_file,
-            cacert,
-            insecure,
-            proxy,
+            start,
+            net,
             ping_interval,
         } => {
             let config = ProxyConfig {
-                url,
+                target,
                 token_file,
-                cacert,
-                insecure,
-                proxy,
+                net: net.into(),
+                start,
                 bridge: BridgeOptions {
                     ping_interval: (ping_interval > 0).then(|| Duration::from_secs(ping_interval)),
                     ..BridgeOptions::default()
@@ -76,11 +154,46 @@ fn main() {
             match runtime.block_on(proxy::run(config)) {
                 Ok(end) => {
                     tracing::debug!(?end, "tunnel closed");
-                    std::process::exit(0)
+                    Ok(())
                 }
-                Err(e) => fail(&e.to_string()),
+                Err(e) => Err(anyhow::anyhow!("{e}")),
             }
         }
+        Command::Login {
+            hub,
+            token_file,
+            net,
+        } => commands::read_token(token_file.as_deref(), &hub)
+            .and_then(|token| runtime.block_on(commands::login(&hub, token, &net.into()))),
+        Command::Logout { hub } => commands::logout(&hub),
+        Command::Config { action } => match action {
+            ConfigAction::Add {
+                name,
+                hub,
+                user,
+                server,
+                start,
+                file,
+            } => commands::ssh_config_path(file.ssh_config.as_deref()).and_then(|path| {
+                let add = AddHost {
+                    name,
+                    hub,
+                    user,
+                    server,
+                    start,
+                };
+                commands::config_add(add, &path, file.dry_run)
+            }),
+            ConfigAction::Remove { name, file } => {
+                commands::ssh_config_path(file.ssh_config.as_deref())
+                    .and_then(|path| commands::config_remove(&name, &path, file.dry_run))
+            }
+            ConfigAction::List => commands::config_list(),
+        },
+    };
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => fail(&format!("{e:#}")),
     }
 }
 

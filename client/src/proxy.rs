@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tokio_tungstenite::WebSocketStream;
+
 use crate::bridge::{self, BridgeEnd, BridgeError, BridgeOptions};
-use crate::connect::{self, ConnectOptions};
+use crate::commands::{self, Net};
+use crate::connect::{self, ConnectOptions, Transport};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::error::ConnectError;
-use crate::net_proxy;
-use crate::tls::{self, TlsSetupError};
+use crate::store::{self, Store, StoreError};
 use crate::token::{self, TokenError};
 
 /// How long queued output may take to reach ssh once the tunnel has ended.
@@ -17,13 +19,12 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// Everything `hubssh proxy` is told.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    pub url: String,
+    /// A tunnel URL, or a name added with `hubssh config add`.
+    pub target: String,
     pub token_file: Option<PathBuf>,
-    pub cacert: Option<PathBuf>,
-    /// `--insecure`: do not check the hub's certificate.
-    pub insecure: bool,
-    /// `--proxy URL`: overrides the proxy environment variables.
-    pub proxy: Option<String>,
+    pub net: Net,
+    /// Start the server if it is not running (a configured name may ask for it too).
+    pub start: bool,
     pub bridge: BridgeOptions,
 }
 
@@ -34,11 +35,28 @@ pub enum ProxyError {
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
-    Tls(#[from] TlsSetupError),
+    Store(#[from] StoreError),
+    #[error("no host named {0:?}: add it with `hubssh config add {0} --hub URL`, or give a URL")]
+    UnknownName(String),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
     #[error(transparent)]
     Bridge(#[from] BridgeError),
+}
+
+/// Where `target` leads: the tunnel URL, whether to start the server, and the stored login
+/// that belongs to it.
+fn resolve(target: &str, store: &Store) -> Result<(String, bool), ProxyError> {
+    if target.contains("://") {
+        return Ok((target.to_owned(), false));
+    }
+    let host = store
+        .hosts
+        .get(target)
+        .ok_or_else(|| ProxyError::UnknownName(target.to_owned()))?;
+    Ok((host.url(), host.start))
 }
 
 /// Runs the proxy on this process's stdin and stdout.
@@ -46,30 +64,40 @@ pub enum ProxyError {
 /// # Errors
 /// Why the tunnel could not be opened or how it was lost; the caller prints it and exits non-zero.
 pub async fn run(config: ProxyConfig) -> Result<BridgeEnd, ProxyError> {
-    let endpoint = Endpoint::parse(&config.url)?;
-    let token = token::load(config.token_file.as_deref(), |name| {
+    let store = Store::load(&store::path()?)?;
+    let (url, start_by_name) = resolve(&config.target, &store)?;
+    let endpoint = Endpoint::parse(&url)?;
+    let token = match token::load(config.token_file.as_deref(), |name| {
         std::env::var(name).ok()
-    })?;
+    })? {
+        Some(t) => Some(t),
+        None => store
+            .login_for_url(endpoint.url.as_str())
+            .map(|l| l.token()),
+    };
     if token.is_some() && !endpoint.tls && !endpoint.is_loopback() {
         tracing::warn!(host = %endpoint.host, "sending the token unencrypted (ws:// to a host that is not this machine); use https://");
     }
-    let tls = if endpoint.tls {
-        Some(tls::client_config(
-            config.cacert.as_deref(),
-            config.insecure,
-        )?)
-    } else {
-        None
+    let opts = config.net.options(&endpoint, token.clone())?;
+    let first = connect::connect(&endpoint, &opts).await;
+    let first = match first {
+        Err(ConnectError::EndpointMissing { .. }) if token.is_some() => {
+            named_server_stopped(&config.net, &endpoint, &url, token.clone())
+                .await
+                .map_or(first, Err)
+        }
+        other => other,
     };
-    let proxy = net_proxy::choose(
-        config.proxy.as_deref(),
-        |name| std::env::var(name).ok(),
-        endpoint.tls,
-        &endpoint.host,
-        endpoint.port,
-    )?;
-    let opts = ConnectOptions { token, tls, proxy };
-    let ws = connect::connect(&endpoint, &opts).await?;
+    let ws = match first {
+        Err(ConnectError::ServerNotRunning { .. }) if config.start || start_by_name => {
+            let (user, server) = commands::user_and_server(&url)
+                .ok_or_else(|| anyhow::anyhow!("cannot tell the user and server from {url}"))?;
+            let api = config.net.api(&endpoint.hub_url(), token)?;
+            commands::start_server(&api, &user, &server).await?;
+            connect_after_start(&endpoint, &opts).await?
+        }
+        other => other?,
+    };
     let input = crate::stdio::stdin_reader();
     let (output, writer) = crate::stdio::stdout_writer();
     let end = bridge::bridge(ws, input, output, config.bridge).await;
@@ -79,4 +107,50 @@ pub async fn run(config: ProxyConfig) -> Result<BridgeEnd, ProxyError> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(end?)
+}
+
+/// A request for a stopped named server (`/user/NAME/SERVER/sshd/`) reaches the user's default
+/// server when that one runs (the proxy routes by prefix), which answers like a server without
+/// the endpoint. Asks the hub whether the named server runs; the error to report if it does not.
+async fn named_server_stopped(
+    net: &Net,
+    endpoint: &Endpoint,
+    url: &str,
+    token: Option<crate::token::Token>,
+) -> Option<ConnectError> {
+    let (user, server) = commands::user_and_server(url)?;
+    if server.is_empty() {
+        return None;
+    }
+    let api = net.api(&endpoint.hub_url(), token).ok()?;
+    let answer = api
+        .call("GET", &format!("/users/{user}"), None)
+        .await
+        .ok()?;
+    let model = answer.json("GET /hub/api/users").ok()?;
+    if answer.status != 200 || model["servers"][&server]["ready"] == true {
+        return None;
+    }
+    Some(ConnectError::ServerNotRunning {
+        url: endpoint.url.to_string(),
+        why: format!("the hub lists no running server {server:?} for {user}"),
+        hub: endpoint.hub_url(),
+    })
+}
+
+/// Connects once the hub says the server is ready; the proxy's route may lag a moment behind.
+async fn connect_after_start(
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+) -> Result<WebSocketStream<Transport>, ConnectError> {
+    let mut tries = 0;
+    loop {
+        match connect::connect(endpoint, opts).await {
+            Err(ConnectError::ServerNotRunning { .. }) if tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }

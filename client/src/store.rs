@@ -1,0 +1,267 @@
+//! What hubssh remembers between runs, in one JSON file only its owner can read
+//! (`<config dir>/hubssh/hubssh.json`, 0600, written atomically): the hubs logged in to (URL,
+//! user, token) and the hosts `hubssh config add` made (name -> hub, user, server).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::token::Token;
+
+/// The file's contents.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Store {
+    #[serde(default)]
+    pub hubs: Vec<Login>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Host>,
+}
+
+/// A hub logged in to.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Login {
+    /// The hub's base URL (`https://hub.example.org`).
+    pub hub: String,
+    pub user: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Login({} as {}, token ***)", self.hub, self.user)
+    }
+}
+
+impl Login {
+    pub fn new(hub: String, user: String, token: &Token) -> Self {
+        Login {
+            hub,
+            user,
+            token: token.expose().to_owned(),
+        }
+    }
+
+    pub fn token(&self) -> Token {
+        Token::new(self.token.clone())
+    }
+}
+
+/// A named host (`hubssh config add NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub hub: String,
+    pub user: String,
+    /// The named server, empty for the user's default server.
+    #[serde(default)]
+    pub server: String,
+    /// Start the server when it is not running.
+    #[serde(default)]
+    pub start: bool,
+}
+
+impl Host {
+    /// The tunnel URL: `HUB/user/USER/[SERVER/]sshd/`.
+    pub fn url(&self) -> String {
+        tunnel_url(&self.hub, &self.user, &self.server)
+    }
+}
+
+/// `HUB/user/USER/[SERVER/]sshd/`, names percent-encoded.
+pub fn tunnel_url(hub: &str, user: &str, server: &str) -> String {
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .replace("%2D", "-")
+            .replace("%2E", ".")
+            .replace("%5F", "_")
+    };
+    let server = if server.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", enc(server))
+    };
+    format!(
+        "{}/user/{}/{server}sshd/",
+        hub.trim_end_matches('/'),
+        enc(user)
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot find a config directory for hubssh: set HUBSSH_CONFIG_DIR")]
+    NoDir,
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not hubssh's JSON ({source}): fix or remove it", path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The file: `$HUBSSH_CONFIG_DIR/hubssh.json`, else `<config dir>/hubssh/hubssh.json`.
+pub fn path() -> Result<PathBuf, StoreError> {
+    if let Some(dir) = std::env::var_os("HUBSSH_CONFIG_DIR") {
+        return Ok(PathBuf::from(dir).join("hubssh.json"));
+    }
+    Ok(dirs::config_dir()
+        .ok_or(StoreError::NoDir)?
+        .join("hubssh")
+        .join("hubssh.json"))
+}
+
+impl Store {
+    /// Reads the store at `path`; a missing file is an empty store.
+    pub fn load(path: &Path) -> Result<Store, StoreError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Parse {
+                path: path.to_owned(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::default()),
+            Err(source) => Err(StoreError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the store to `path` atomically, readable by its owner only.
+    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        let text = serde_json::to_string_pretty(self).expect("the store serialises") + "\n";
+        write_atomic(path, text.as_bytes(), true).map_err(|source| StoreError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The login for `hub` (base URLs compared without a trailing slash).
+    pub fn login(&self, hub: &str) -> Option<&Login> {
+        let hub = hub.trim_end_matches('/');
+        self.hubs.iter().find(|l| l.hub == hub)
+    }
+
+    /// The login whose hub the tunnel `url` belongs to (the longest matching base).
+    pub fn login_for_url(&self, url: &str) -> Option<&Login> {
+        let url = url
+            .replacen("wss://", "https://", 1)
+            .replacen("ws://", "http://", 1);
+        self.hubs
+            .iter()
+            .filter(|l| url.starts_with(&format!("{}/", l.hub)))
+            .max_by_key(|l| l.hub.len())
+    }
+
+    /// Adds or replaces the login for `login.hub`.
+    pub fn set_login(&mut self, login: Login) {
+        self.hubs.retain(|l| l.hub != login.hub);
+        self.hubs.push(login);
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// readers see the old file or the new one, never half of one. `private`: 0600 and a 0700
+/// directory if it has to be made. An existing file's permissions are kept otherwise.
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(if private { 0o700 } else { 0o755 });
+        }
+        builder.create(dir)?;
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".hubssh-")
+        .tempfile_in(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = match std::fs::metadata(path) {
+            Ok(m) if !private => m.permissions().mode() & 0o7777,
+            _ if private => 0o600,
+            _ => 0o644,
+        };
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_urls() {
+        assert_eq!(
+            tunnel_url("https://hub.example.org/", "alice", ""),
+            "https://hub.example.org/user/alice/sshd/"
+        );
+        assert_eq!(
+            tunnel_url("https://h/prefix", "a.b-c_d", "gpu 1"),
+            "https://h/prefix/user/a.b-c_d/gpu%201/sshd/"
+        );
+    }
+
+    #[test]
+    fn saves_privately_and_finds_logins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("hubssh.json");
+        let mut store = Store::default();
+        store.set_login(Login::new(
+            "https://hub".into(),
+            "alice".into(),
+            &Token::new("t1"),
+        ));
+        store.set_login(Login::new(
+            "https://hub/other".into(),
+            "bob".into(),
+            &Token::new("t2"),
+        ));
+        store.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let back = Store::load(&path).unwrap();
+        assert_eq!(back.login("https://hub/").unwrap().user, "alice");
+        let by_url = |u: &str| back.login_for_url(u).map(|l| l.user.clone());
+        assert_eq!(
+            by_url("wss://hub/user/alice/sshd/").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            by_url("https://hub/other/user/bob/sshd/").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(by_url("https://hubx/user/a/sshd/"), None);
+        assert!(!format!("{:?}", back.hubs).contains("t1"));
+        assert!(Store::load(&dir.path().join("missing.json"))
+            .unwrap()
+            .hosts
+            .is_empty());
+    }
+}

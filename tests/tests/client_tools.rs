@@ -1,0 +1,334 @@
+//! hubssh for people, against the real JupyterHub: `login` (token checked with the hub, saved
+//! 0600), `logout`, `config add/remove/list` (a managed block in an ssh config, idempotent, the
+//! rest of the file untouched byte for byte), `ssh NAME` with nothing but the written config, and
+//! `--start` bringing a stopped server (default or named) up.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use hubssh_tests::client::Env;
+use hubssh_tests::hub::hub;
+use hubssh_tests::procs::{self, Finished};
+
+const ALICE: &str = "hubssh-alice";
+/// Her servers are started and stopped by these tests only.
+const DORA: &str = "hubssh-dora";
+
+/// `hubssh ARGS` with its config in `cfg`, `stdin` fed to it.
+fn hubssh(cfg: &Path, args: &[&str], stdin: &str) -> Finished {
+    let mut child = Command::new(hubssh_tests::bin("hubssh"))
+        .args(args)
+        .env("HUBSSH_CONFIG_DIR", cfg)
+        .env_remove("HUBSSH_TOKEN")
+        .env_remove("JUPYTERHUB_API_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hubssh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    procs::wait(child, 120, &format!("hubssh {args:?}"))
+}
+
+fn token_text(file: &Path) -> String {
+    std::fs::read_to_string(file).unwrap().trim().to_owned()
+}
+
+/// The hand-written part of the test's ssh config: everything the block does not set.
+fn hand_written(env: &Env) -> String {
+    format!(
+        "# my own settings\nHost *\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n  PubkeyAuthentication no\n  LogLevel ERROR\n  ControlPath none\n",
+        env.path().join("known_hosts").display()
+    )
+}
+
+/// `ssh -F config NAME 'echo ok'` with hubssh's config in `cfg`.
+fn ssh_name(cfg: &Path, ssh_config: &Path, name: &str) -> Finished {
+    procs::output(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(ssh_config)
+            .env("HUBSSH_CONFIG_DIR", cfg)
+            .env_remove("HUBSSH_TOKEN")
+            .env_remove("JUPYTERHUB_API_TOKEN")
+            .args([name, "echo ok"]),
+        180,
+    )
+}
+
+#[test]
+fn login_checks_the_token_and_keeps_it_private() {
+    let hub = hub();
+    hub.user(ALICE);
+    let env = Env::new();
+    let cfg = env.path().join("cfg");
+    let store = cfg.join("hubssh.json");
+    let (token, _) = hub.token(ALICE, None, env.path());
+
+    let out = hubssh(&cfg, &["login", &hub.url()], "not-a-token\n");
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("refused the token (HTTP 403)"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(!store.exists(), "a refused token was saved");
+
+    let out = hubssh(
+        &cfg,
+        &["login", &format!("{}/hub/home", hub.url())],
+        &format!("{}\n", token_text(&token)),
+    );
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains(&format!("as {ALICE}")),
+        "{}",
+        out.stderr_text()
+    );
+    let mode = std::fs::metadata(&store).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is not private");
+    let saved = std::fs::read_to_string(&store).unwrap();
+    assert!(
+        saved.contains(&token_text(&token)) && saved.contains(ALICE),
+        "{saved}"
+    );
+
+    // A URL that is not a hub answers HTML: said plainly.
+    let web = env.path().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    let port = procs::free_port();
+    let _site = procs::background(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(&web),
+    );
+    assert!(procs::wait_port(port, 20));
+    let out = hubssh(
+        &cfg,
+        &["login", &format!("http://127.0.0.1:{port}")],
+        "abc\n",
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("an HTML page"),
+        "{}",
+        out.stderr_text()
+    );
+
+    let out = hubssh(&cfg, &["logout", &hub.url()], "");
+    assert!(out.status.success());
+    assert!(!std::fs::read_to_string(&store)
+        .unwrap()
+        .contains(&token_text(&token)));
+}
+
+#[test]
+fn config_add_writes_one_block_and_ssh_uses_it() {
+    let hub = hub();
+    hub.start_server(ALICE);
+    let env = Env::new();
+    let cfg = env.path().join("cfg");
+    let (token, _) = hub.token(ALICE, None, env.path());
+    let login = hubssh(&cfg, &["login", &hub.url()], &token_text(&token));
+    assert!(login.status.success(), "{}", login.stderr_text());
+
+    let ssh_config = env.path().join("ssh_config");
+    let mine = hand_written(&env);
+    std::fs::write(&ssh_config, &mine).unwrap();
+    let file = ssh_config.display().to_string();
+    let add = [
+        "config",
+        "add",
+        "myhub",
+        "--hub",
+        &hub.url(),
+        "--ssh-config",
+        &file,
+    ];
+
+    let dry = hubssh(&cfg, &[&add[..], &["--dry-run"]].concat(), "");
+    assert!(dry.status.success(), "{}", dry.stderr_text());
+    assert!(
+        dry.stdout_text().contains("+Host myhub"),
+        "{}",
+        dry.stdout_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ssh_config).unwrap(),
+        mine,
+        "--dry-run wrote"
+    );
+
+    let first = hubssh(&cfg, &add, "");
+    assert!(first.status.success(), "{}", first.stderr_text());
+    let written = std::fs::read_to_string(&ssh_config).unwrap();
+    assert!(
+        written.starts_with(&mine),
+        "the hand-written part changed:\n{written}"
+    );
+    assert!(
+        written.contains(&format!("Host myhub\n  User {ALICE}\n")),
+        "{written}"
+    );
+    let second = hubssh(&cfg, &add, "");
+    assert!(
+        second.stderr_text().contains("no changes"),
+        "{}",
+        second.stderr_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ssh_config).unwrap(),
+        written,
+        "not idempotent"
+    );
+
+    let out = ssh_name(&cfg, &ssh_config, "myhub");
+    assert!(
+        out.status.success() && out.stdout_text() == "ok\n",
+        "{}",
+        out.stderr_text()
+    );
+
+    let list = hubssh(&cfg, &["config", "list"], "");
+    assert!(
+        list.stdout_text()
+            .contains(&format!("myhub\t{}", hub.sshd_url(ALICE))),
+        "{}",
+        list.stdout_text()
+    );
+
+    let remove = hubssh(
+        &cfg,
+        &["config", "remove", "myhub", "--ssh-config", &file],
+        "",
+    );
+    assert!(remove.status.success(), "{}", remove.stderr_text());
+    let after = std::fs::read_to_string(&ssh_config).unwrap();
+    assert!(
+        after.starts_with(&mine) && !after.contains("myhub"),
+        "{after}"
+    );
+
+    // A broken block is an error, not a guess.
+    std::fs::write(
+        &ssh_config,
+        format!("{mine}# ------------ START HUBSSH MANAGED BLOCK ------------\n"),
+    )
+    .unwrap();
+    let broken = hubssh(&cfg, &add, "");
+    assert!(!broken.status.success());
+    assert!(
+        broken.stderr_text().contains("without an end marker"),
+        "{}",
+        broken.stderr_text()
+    );
+}
+
+fn stopped(user: &str, server: &str) {
+    let hub = hub();
+    hub.user(user);
+    let path = if server.is_empty() {
+        format!("/users/{user}/server")
+    } else {
+        format!("/users/{user}/servers/{server}")
+    };
+    let (status, body) = hub.api("DELETE", &path, None);
+    assert!(
+        matches!(status, 202 | 204 | 400 | 404),
+        "stopping {user}/{server}: {status} {body}"
+    );
+    let gone = procs::wait_until(60, || {
+        let (_, model) = hub.api("GET", &format!("/users/{user}"), None);
+        model["servers"][server].is_null() || model["servers"][server]["stopped"] == true
+    });
+    assert!(gone, "{user}/{server} did not stop");
+}
+
+#[test]
+fn start_brings_a_stopped_server_up() {
+    let hub = hub();
+    stopped(DORA, "");
+    let env = Env::new();
+    let cfg = env.path().join("cfg");
+    let (token, _) = hub.token(DORA, None, env.path());
+    assert!(hubssh(&cfg, &["login", &hub.url()], &token_text(&token))
+        .status
+        .success());
+    let ssh_config = env.path().join("ssh_config");
+    std::fs::write(&ssh_config, hand_written(&env)).unwrap();
+    let file = ssh_config.display().to_string();
+
+    // Without --start: told that it is not running.
+    let plain = [
+        "config",
+        "add",
+        "dora",
+        "--hub",
+        &hub.url(),
+        "--ssh-config",
+        &file,
+    ];
+    assert!(hubssh(&cfg, &plain, "").status.success());
+    let out = ssh_name(&cfg, &ssh_config, "dora");
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("is not running"),
+        "{}",
+        out.stderr_text()
+    );
+
+    // With --start: started, progress shown, connected.
+    let with_start = [&plain[..], &["--start"]].concat();
+    assert!(hubssh(&cfg, &with_start, "").status.success());
+    let out = ssh_name(&cfg, &ssh_config, "dora");
+    assert!(
+        out.status.success() && out.stdout_text() == "ok\n",
+        "{}\n{}",
+        out.stderr_text(),
+        hub.log_tail()
+    );
+    assert!(
+        out.stderr_text().contains("hubssh: starting"),
+        "no progress: {}",
+        out.stderr_text()
+    );
+
+    // A named server, by URL with --start.
+    stopped(DORA, "gpu");
+    let url = format!("{}/user/{DORA}/gpu/sshd/", hub.url());
+    let proxy = format!(
+        "{} proxy --start {url}",
+        hubssh_tests::bin("hubssh").display()
+    );
+    let named = env.path().join("ssh_config_named");
+    std::fs::write(
+        &named,
+        format!(
+            "Host named\n  User {DORA}\n  ProxyCommand {proxy}\n{}",
+            hand_written(&env)
+        ),
+    )
+    .unwrap();
+    let out = ssh_name(&cfg, &named, "named");
+    assert!(
+        out.status.success() && out.stdout_text() == "ok\n",
+        "{}\n{}",
+        out.stderr_text(),
+        hub.log_tail()
+    );
+    let (_, model) = hub.api("GET", &format!("/users/{DORA}"), None);
+    assert_eq!(model["servers"]["gpu"]["ready"], true, "{model}");
+}
