@@ -5,12 +5,13 @@
 //! [`net_proxy`] tunnels through HTTP proxies; [`connect`] opens the WebSocket; [`error`] explains refusals; [`bridge`] pumps bytes;
 //! [`stdio`] serves ssh's pipes; [`proxy`] ties them together. Around the tunnel: [`hub_api`]
 //! calls the hub's REST API; [`store`] keeps logins and named hosts; [`ssh_config`] writes the
-//! managed ssh config block; [`commands`] implements login, config and `--start`.
+//! managed ssh config block; [`commands`] implements login, config and `--start`; [`doctor`] checks every hop.
 #![forbid(unsafe_code)]
 
 pub mod bridge;
 pub mod commands;
 pub mod connect;
+pub mod doctor;
 pub mod endpoint;
 pub mod error;
 pub mod hub_api;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use hubssh::bridge::BridgeOptions;
 use hubssh::commands::{self, AddHost, Net};
+use hubssh::doctor;
 use hubssh::proxy::{self, ProxyConfig};
 
 /// SSH into your JupyterHub server over HTTPS.
@@ -69,6 +70,17 @@ enum Command {
         /// The hub, e.g. https://hub.example.org
         hub: String,
         /// Read the token from this file instead.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Check each hop to a server's SSH (DNS, TCP or proxy, TLS, token, server, endpoint, SSH)
+    /// and say what to do about the first that fails. Exit status 0 when all pass.
+    Doctor {
+        /// A host added with `hubssh config add`, or an endpoint URL.
+        target: String,
+        /// Read the hub API token from this file.
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         #[command(flatten)]
@@ -166,6 +178,18 @@ fn main() {
         } => commands::read_token(token_file.as_deref(), &hub)
             .and_then(|token| runtime.block_on(commands::login(&hub, token, &net.into()))),
         Command::Logout { hub } => commands::logout(&hub),
+        Command::Doctor {
+            target,
+            token_file,
+            net,
+        } => match proxy::resolve(&target, token_file.as_deref()) {
+            Ok(r) => match runtime.block_on(doctor::run(&r.url, r.token, &net.into())) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        },
         Command::Config { action } => match action {
             ConfigAction::Add {
                 name,

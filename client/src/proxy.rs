@@ -1,6 +1,6 @@
 //! `hubssh proxy`: open the tunnel, then bridge stdin/stdout to it until either side ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio_tungstenite::WebSocketStream;
@@ -11,7 +11,7 @@ use crate::connect::{self, ConnectOptions, Transport};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::error::ConnectError;
 use crate::store::{self, Store, StoreError};
-use crate::token::{self, TokenError};
+use crate::token::{self, Token, TokenError};
 
 /// How long queued output may take to reach ssh once the tunnel has ended.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
@@ -46,17 +46,41 @@ pub enum ProxyError {
     Bridge(#[from] BridgeError),
 }
 
-/// Where `target` leads: the tunnel URL, whether to start the server, and the stored login
-/// that belongs to it.
-fn resolve(target: &str, store: &Store) -> Result<(String, bool), ProxyError> {
-    if target.contains("://") {
-        return Ok((target.to_owned(), false));
-    }
-    let host = store
-        .hosts
-        .get(target)
-        .ok_or_else(|| ProxyError::UnknownName(target.to_owned()))?;
-    Ok((host.url(), host.start))
+/// Where a target (a URL or a configured name) leads.
+#[derive(Debug)]
+pub struct Resolved {
+    pub url: String,
+    /// The configured name asks for `--start`.
+    pub start: bool,
+    /// `--token-file`, else the environment, else the login saved for the URL's hub.
+    pub token: Option<Token>,
+}
+
+/// Resolves `target` with hubssh's saved config.
+///
+/// # Errors
+/// An unknown name, an unreadable config or token file.
+pub fn resolve(target: &str, token_file: Option<&Path>) -> Result<Resolved, ProxyError> {
+    let store = Store::load(&store::path()?)?;
+    let (url, start) = if target.contains("://") {
+        (target.to_owned(), false)
+    } else {
+        let host = store
+            .hosts
+            .get(target)
+            .ok_or_else(|| ProxyError::UnknownName(target.to_owned()))?;
+        (host.url(), host.start)
+    };
+    let token = match token::load(token_file, |name| std::env::var(name).ok())? {
+        Some(t) => Some(t),
+        None => {
+            let endpoint = Endpoint::parse(&url)?;
+            store
+                .login_for_url(endpoint.url.as_str())
+                .map(|l| l.token())
+        }
+    };
+    Ok(Resolved { url, start, token })
 }
 
 /// Runs the proxy on this process's stdin and stdout.
@@ -64,17 +88,12 @@ fn resolve(target: &str, store: &Store) -> Result<(String, bool), ProxyError> {
 /// # Errors
 /// Why the tunnel could not be opened or how it was lost; the caller prints it and exits non-zero.
 pub async fn run(config: ProxyConfig) -> Result<BridgeEnd, ProxyError> {
-    let store = Store::load(&store::path()?)?;
-    let (url, start_by_name) = resolve(&config.target, &store)?;
+    let Resolved {
+        url,
+        start: start_by_name,
+        token,
+    } = resolve(&config.target, config.token_file.as_deref())?;
     let endpoint = Endpoint::parse(&url)?;
-    let token = match token::load(config.token_file.as_deref(), |name| {
-        std::env::var(name).ok()
-    })? {
-        Some(t) => Some(t),
-        None => store
-            .login_for_url(endpoint.url.as_str())
-            .map(|l| l.token()),
-    };
     if token.is_some() && !endpoint.tls && !endpoint.is_loopback() {
         tracing::warn!(host = %endpoint.host, "sending the token unencrypted (ws:// to a host that is not this machine); use https://");
     }
@@ -116,7 +135,7 @@ async fn named_server_stopped(
     net: &Net,
     endpoint: &Endpoint,
     url: &str,
-    token: Option<crate::token::Token>,
+    token: Option<Token>,
 ) -> Option<ConnectError> {
     let (user, server) = commands::user_and_server(url)?;
     if server.is_empty() {

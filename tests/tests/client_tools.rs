@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use hubssh_tests::client::Env;
 use hubssh_tests::hub::hub;
+use hubssh_tests::network::TlsFront;
 use hubssh_tests::procs::{self, Finished};
 
 const ALICE: &str = "hubssh-alice";
@@ -331,4 +332,107 @@ fn start_brings_a_stopped_server_up() {
     );
     let (_, model) = hub.api("GET", &format!("/users/{DORA}"), None);
     assert_eq!(model["servers"]["gpu"]["ready"], true, "{model}");
+}
+
+/// `hubssh doctor` output and status for `target`.
+fn doctor(cfg: &Path, args: &[&str]) -> Finished {
+    hubssh(cfg, &[&["doctor"], args].concat(), "")
+}
+
+/// The line of the first failed check.
+fn failed_line(out: &Finished) -> String {
+    let text = out.stdout_text();
+    assert!(!out.status.success(), "doctor passed:\n{text}");
+    text.lines()
+        .find(|l| l.trim_start().starts_with("FAIL"))
+        .unwrap_or_else(|| panic!("no FAIL line:\n{text}"))
+        .to_owned()
+}
+
+#[test]
+fn doctor_pinpoints_the_failing_hop() {
+    let hub = hub();
+    hub.start_server(ALICE);
+    hub.start_server("hubssh-plain");
+    hub.user("hubssh-bob");
+    let env = Env::new();
+    let cfg = env.path().join("cfg");
+    let (alice, _) = hub.token(ALICE, None, env.path());
+    let alice = alice.display().to_string();
+
+    let out = doctor(&cfg, &["--token-file", &alice, &hub.sshd_url(ALICE)]);
+    let text = out.stdout_text();
+    assert!(out.status.success(), "{text}\n{}", out.stderr_text());
+    for step in ["DNS", "TCP", "token", "server", "endpoint", "ssh"] {
+        assert!(
+            text.contains(&format!("ok    {step}")),
+            "{step} not ok:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("SSH-2.0-") && text.contains("all checks passed"),
+        "{text}"
+    );
+
+    let garbage = env.path().join("garbage");
+    std::fs::write(&garbage, "garbage").unwrap();
+    let out = doctor(
+        &cfg,
+        &[
+            "--token-file",
+            &garbage.display().to_string(),
+            &hub.sshd_url(ALICE),
+        ],
+    );
+    assert!(failed_line(&out).contains("token"), "{}", out.stdout_text());
+
+    let (bob, _) = hub.token("hubssh-bob", None, env.path());
+    let out = doctor(
+        &cfg,
+        &[
+            "--token-file",
+            &bob.display().to_string(),
+            &hub.sshd_url("hubssh-bob"),
+        ],
+    );
+    let line = failed_line(&out);
+    assert!(
+        line.contains("server") && line.contains("not running"),
+        "{}",
+        out.stdout_text()
+    );
+
+    let (plain, _) = hub.token("hubssh-plain", None, env.path());
+    let out = doctor(
+        &cfg,
+        &[
+            "--token-file",
+            &plain.display().to_string(),
+            &hub.sshd_url("hubssh-plain"),
+        ],
+    );
+    let line = failed_line(&out);
+    assert!(
+        line.contains("endpoint") && line.contains("no sshd endpoint"),
+        "{}",
+        out.stdout_text()
+    );
+    assert!(
+        out.stdout_text().contains("install jupyter-hubssh"),
+        "{}",
+        out.stdout_text()
+    );
+
+    let tls = TlsFront::start(env.path(), hub.port);
+    let url = format!("{}/user/{ALICE}/sshd/", tls.url());
+    let out = doctor(&cfg, &["--token-file", &alice, &url]);
+    let line = failed_line(&out);
+    assert!(
+        line.contains("TLS") && line.contains("not trusted"),
+        "{}",
+        out.stdout_text()
+    );
+    let ca = tls.ca.display().to_string();
+    let out = doctor(&cfg, &["--token-file", &alice, "--cacert", &ca, &url]);
+    assert!(out.status.success(), "{}", out.stdout_text());
 }

@@ -1,0 +1,268 @@
+//! `hubssh doctor NAME|URL`: checks each hop to the server's SSH in order (DNS, TCP or the HTTP
+//! proxy, TLS, the token, the server running, the endpoint, the SSH banner) and stops at the
+//! first that fails, saying what to do.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::commands::{self, Net};
+use crate::connect;
+use crate::endpoint::Endpoint;
+use crate::error::ConnectError;
+use crate::token::Token;
+
+/// How long the SSH server may take to send its banner.
+const BANNER_WAIT: Duration = Duration::from_secs(15);
+
+/// The checklist as it is printed.
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&self, step: &str, detail: &str) {
+        println!("  ok    {step:<9} {detail}");
+    }
+
+    /// Prints the failure and what to do; the remaining steps are skipped.
+    fn fail(&mut self, step: &str, detail: &str, todo: &str) {
+        println!("  FAIL  {step:<9} {detail}");
+        if !todo.is_empty() {
+            println!("        {:<9} -> {todo}", "");
+        }
+        self.failed = true;
+    }
+}
+
+/// Runs the checks; `Ok(true)` when all passed.
+pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<bool> {
+    let endpoint = Endpoint::parse(url)?;
+    let hub = endpoint.hub_url();
+    println!("hubssh doctor: {url}");
+    let mut report = Report { failed: false };
+    let opts = net.options(&endpoint, token.clone())?;
+
+    // 1-2. DNS and TCP, or the proxy (which resolves and connects for us).
+    if let Some(proxy) = &opts.proxy {
+        let start = Instant::now();
+        match proxy.connect(&endpoint.host_port()).await {
+            Ok(_) => report.ok(
+                "proxy",
+                &format!(
+                    "{} opened a tunnel to {} ({} ms)",
+                    proxy.display(),
+                    endpoint.host_port(),
+                    start.elapsed().as_millis()
+                ),
+            ),
+            Err(e) => {
+                report.fail(
+                    "proxy",
+                    &e.to_string(),
+                    "check the proxy settings (--proxy, HTTPS_PROXY, NO_PROXY)",
+                );
+                return Ok(false);
+            }
+        }
+    } else {
+        let addrs = match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => {
+                report.fail(
+                    "DNS",
+                    &format!("cannot resolve {}: {e}", endpoint.host),
+                    "check the hub's address and your network or VPN",
+                );
+                return Ok(false);
+            }
+        };
+        let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+        report.ok("DNS", &format!("{} -> {}", endpoint.host, shown.join(", ")));
+        let start = Instant::now();
+        let mut connected = None;
+        let mut last_error = String::from("no addresses");
+        for addr in &addrs {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {
+                    connected = Some(*addr);
+                    break;
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "no answer within 10 s".into(),
+            }
+        }
+        match connected {
+            Some(addr) => report.ok(
+                "TCP",
+                &format!("connected to {addr} ({} ms)", start.elapsed().as_millis()),
+            ),
+            None => {
+                report.fail(
+                    "TCP",
+                    &format!("cannot connect to {}: {last_error}", endpoint.authority()),
+                    "check the port in the URL; a firewall may need an HTTP proxy (--proxy)",
+                );
+                return Ok(false);
+            }
+        }
+    }
+
+    // 3. TLS.
+    if endpoint.tls {
+        match connect::transport(&endpoint, &opts).await {
+            Ok(_) => report.ok("TLS", &format!("certificate valid for {}", endpoint.host)),
+            Err(e) => {
+                report.fail(
+                    "TLS",
+                    &e.to_string(),
+                    "a private CA: --cacert FILE or SSL_CERT_FILE",
+                );
+                return Ok(false);
+            }
+        }
+    }
+
+    // 4. The token.
+    let Some(token) = token else {
+        report.fail(
+            "token",
+            "no token",
+            &format!("run `hubssh login {hub}`, or set HUBSSH_TOKEN"),
+        );
+        return Ok(false);
+    };
+    let api = net.api(&hub, Some(token))?;
+    let owner = match commands::whoami(&api).await {
+        Ok(name) => {
+            report.ok("token", &format!("valid: it belongs to {name}"));
+            name
+        }
+        Err(e) => {
+            report.fail(
+                "token",
+                &format!("{e:#}"),
+                &format!("make a new token at {hub}/hub/token and run `hubssh login {hub}`"),
+            );
+            return Ok(false);
+        }
+    };
+
+    // 5. The server.
+    if let Some((user, server)) = commands::user_and_server(url) {
+        let label = if server.is_empty() {
+            format!("{user}'s server")
+        } else {
+            format!("{user}'s server {server:?}")
+        };
+        let answer = api.call("GET", &format!("/users/{user}"), None).await?;
+        let model = answer.json("GET /hub/api/users").unwrap_or_default();
+        let entry = &model["servers"][&server];
+        match answer.status {
+            200 if entry["ready"] == true => report.ok("server", &format!("{label} is running")),
+            200 if !entry["pending"].is_null() => {
+                report.fail(
+                    "server",
+                    &format!(
+                        "{label} is {}",
+                        entry["pending"].as_str().unwrap_or("pending")
+                    ),
+                    "wait for it, or follow it at the hub's home page",
+                );
+                return Ok(false);
+            }
+            200 => {
+                report.fail(
+                    "server",
+                    &format!("{label} is not running"),
+                    &format!("start it with `hubssh proxy --start` or at {hub}/hub/home"),
+                );
+                return Ok(false);
+            }
+            403 | 404 => {
+                report.fail(
+                    "server",
+                    &format!(
+                        "the token of {owner} may not see {label} (HTTP {})",
+                        answer.status
+                    ),
+                    "use a token of the server's owner, or ask them to share the server",
+                );
+                return Ok(false);
+            }
+            s => report.ok(
+                "server",
+                &format!("cannot ask the hub (HTTP {s}); trying the endpoint"),
+            ),
+        }
+    }
+
+    // 6. The endpoint, 7. the SSH banner.
+    let mut ws = match connect::connect(&endpoint, &opts).await {
+        Ok(ws) => {
+            report.ok(
+                "endpoint",
+                &format!("WebSocket open at {}", endpoint.url.path()),
+            );
+            ws
+        }
+        Err(e) => {
+            let todo = match &e {
+                ConnectError::EndpointMissing { .. } | ConnectError::NotFound { .. } => {
+                    "install jupyter-hubssh in the server's image (docs/deploy.md)"
+                }
+                _ => "",
+            };
+            report.fail("endpoint", &e.to_string(), todo);
+            return Ok(false);
+        }
+    };
+    // Say hello first: some SSH servers (russh) speak only after the client's identification.
+    let hello = concat!("SSH-2.0-hubssh_doctor_", env!("CARGO_PKG_VERSION"), "\r\n");
+    let _ = ws.send(Message::Binary(hello.as_bytes().to_vec().into())).await;
+    let banner = tokio::time::timeout(BANNER_WAIT, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Binary(data)) => return Ok(String::from_utf8_lossy(&data).into_owned()),
+                Ok(Message::Text(text)) => return Ok(text.to_string()),
+                Ok(Message::Close(_)) => {
+                    return Err("the server closed the tunnel without a word".to_owned())
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the tunnel ended without a banner".to_owned())
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no SSH banner within {} s", BANNER_WAIT.as_secs())));
+    let _ = ws.close(None).await;
+    match banner {
+        Ok(text) if text.starts_with("SSH-") => {
+            report.ok("ssh", text.lines().next().unwrap_or_default().trim());
+        }
+        Ok(text) => report.fail(
+            "ssh",
+            &format!(
+                "the endpoint answered {:?}, not an SSH banner",
+                text.chars().take(40).collect::<String>()
+            ),
+            "the path may lead to another service: check the URL",
+        ),
+        Err(why) => report.fail(
+            "ssh",
+            &why,
+            "look at the server's log (hubsshd logs each connection)",
+        ),
+    }
+    if !report.failed {
+        println!("all checks passed");
+    }
+    Ok(!report.failed)
+}
