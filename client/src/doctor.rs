@@ -225,7 +225,9 @@ pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<b
     };
     // Say hello first: some SSH servers (russh) speak only after the client's identification.
     let hello = concat!("SSH-2.0-hubssh_doctor_", env!("CARGO_PKG_VERSION"), "\r\n");
-    let _ = ws.send(Message::Binary(hello.as_bytes().to_vec().into())).await;
+    let _ = ws
+        .send(Message::Binary(hello.as_bytes().to_vec().into()))
+        .await;
     let banner = tokio::time::timeout(BANNER_WAIT, async {
         while let Some(message) = ws.next().await {
             match message {

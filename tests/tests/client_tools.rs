@@ -332,6 +332,28 @@ fn start_brings_a_stopped_server_up() {
     );
     let (_, model) = hub.api("GET", &format!("/users/{DORA}"), None);
     assert_eq!(model["servers"]["gpu"]["ready"], true, "{model}");
+
+    // A spawn that fails: the hub's message, not a hang.
+    let broken = "hubssh-broken";
+    hub.user(broken);
+    let (token, _) = hub.token(broken, None, env.path());
+    let out = hubssh(
+        &cfg,
+        &[
+            "proxy",
+            "--start",
+            "--token-file",
+            &token.display().to_string(),
+            &hub.sshd_url(broken),
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("failed to start") && out.stderr_text().contains("Spawn failed"),
+        "{}",
+        out.stderr_text()
+    );
 }
 
 /// `hubssh doctor` output and status for `target`.

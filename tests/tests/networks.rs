@@ -210,3 +210,30 @@ fn proxy_refusals_are_the_proxys() {
         "no proxy there",
     );
 }
+
+#[test]
+fn unknown_host_and_closed_port_are_named() {
+    let env = Env::new();
+    let token = env.path().join("token");
+    std::fs::write(&token, "abc").unwrap();
+    env.write_keyless_config(
+        ALICE,
+        &proxy_command(
+            &token,
+            "",
+            "https://hubssh-no-such-host.invalid/user/a/sshd/",
+        ),
+    );
+    assert_refused(
+        &ssh_ok(&env, &[]),
+        &["cannot resolve hubssh-no-such-host.invalid"],
+        "DNS",
+    );
+    let closed = format!("http://127.0.0.1:{}/user/a/sshd/", procs::free_port());
+    env.write_keyless_config(ALICE, &proxy_command(&token, "", &closed));
+    assert_refused(
+        &ssh_ok(&env, &[]),
+        &["connection refused by 127.0.0.1:"],
+        "closed port",
+    );
+}

@@ -11,7 +11,8 @@
 //! hubsshd (embedded, from the jupyter-hubssh wheel) beside (w) ssh -> websocat -> the same hub ->
 //! jupyter-sshd-proxy's sshd (what users run today), with ratios to (w). Needs root (it creates
 //! the hub's users).
-//! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]`.
+//! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]
+//! [hub]` (`hub`: the routes through the hub only).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -35,7 +36,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let hub_only = args.next().as_deref() == Some("hub");
     println!("hubssh-bench: {mib} MiB each way, cipher {CIPHER}, median of {runs} runs\n");
+    if hub_only {
+        through_the_hub(mib, runs);
+        return;
+    }
 
     let mut all = Vec::new();
     {
