@@ -62,7 +62,8 @@ pub struct Resolved {
 /// An unknown name, an unreadable config or token file.
 pub fn resolve(target: &str, token_file: Option<&Path>) -> Result<Resolved, ProxyError> {
     let store = Store::load(&store::path()?)?;
-    let (url, start) = if target.contains("://") {
+    // A name is what `config add` accepts; anything else is taken as a URL (and explained as one).
+    let (url, start) = if !crate::ssh_config::valid_name(target) {
         (target.to_owned(), false)
     } else {
         let host = store
