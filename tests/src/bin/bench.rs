@@ -121,43 +121,58 @@ fn through_the_hub(mib: usize, runs: usize) {
 
     let ours = Env::new();
     let (token, _) = hub.token(alice, None, ours.path());
-    ours.write_keyless_config(
-        alice,
-        &format!(
+    let (carol_token, _) = hub.token(carol, None, baseline_env.path());
+    let websocat = hubssh_tests::which("websocat").expect("websocat on PATH");
+    let hubssh_to = |token: &std::path::Path, user: &str| {
+        format!(
             "{} proxy --token-file {} {}",
             hubssh_tests::bin("hubssh").display(),
             token.display(),
-            hub.sshd_url(alice)
-        ),
-    );
-    let (carol_token, _) = hub.token(carol, None, baseline_env.path());
-    let secret = std::fs::read_to_string(&carol_token).expect("token");
-    let websocat = hubssh_tests::which("websocat").expect("websocat on PATH");
+            hub.sshd_url(user)
+        )
+    };
     // The websocat line users paste today (the token on its command line is theirs, not ours).
-    baseline_env.write_config_as(
-        carol,
-        &format!(
-            "{} --binary -H 'Authorization: token {}' {}",
+    // -H takes several values: the URL goes before it.
+    let websocat_to = |token: &std::path::Path, user: &str| {
+        let secret = std::fs::read_to_string(token).expect("token");
+        format!(
+            "{} --binary {} -H 'Authorization: token {}'",
             websocat.display(),
-            secret.trim(),
-            hub.sshd_url(carol).replace("http://", "ws://")
-        ),
-    );
+            hub.sshd_url(user).replace("http://", "ws://"),
+            secret.trim()
+        )
+    };
 
-    let figures = vec![
-        measure(
-            "w  ssh -> websocat -> hub -> jupyter-sshd-proxy",
-            &baseline_env,
-            mib,
-            runs,
-        ),
-        measure(
-            "h  ssh -> hubssh -> hub -> hubsshd (embedded)",
-            &ours,
-            mib,
-            runs,
-        ),
-    ];
+    // w and h are the comparison; x and y swap the client to show which half makes a difference.
+    baseline_env.write_config_as(carol, &hubssh_to(&carol_token, carol));
+    let x = measure(
+        "x  ssh -> hubssh -> hub -> jupyter-sshd-proxy",
+        &baseline_env,
+        mib,
+        runs,
+    );
+    baseline_env.write_config_as(carol, &websocat_to(&carol_token, carol));
+    let w = measure(
+        "w  ssh -> websocat -> hub -> jupyter-sshd-proxy",
+        &baseline_env,
+        mib,
+        runs,
+    );
+    ours.write_keyless_config(alice, &websocat_to(&token, alice));
+    let y = measure(
+        "y  ssh -> websocat -> hub -> hubsshd (embedded)",
+        &ours,
+        mib,
+        runs,
+    );
+    ours.write_keyless_config(alice, &hubssh_to(&token, alice));
+    let h = measure(
+        "h  ssh -> hubssh -> hub -> hubsshd (embedded)",
+        &ours,
+        mib,
+        runs,
+    );
+    let figures = vec![w, h, x, y];
     println!("\nthrough a real JupyterHub (ratios to w):");
     report(&figures);
     let far = |user: &str| std::path::PathBuf::from(format!("/home/{user}"));
