@@ -188,6 +188,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> std::io::Result
         }
         builder.create(dir)?;
     }
+    // Elsewhere the file inherits the per-user directory's access control (%APPDATA% on Windows).
+    #[cfg(not(unix))]
+    let _ = private;
     let mut tmp = tempfile::Builder::new()
         .prefix(".hubssh-")
         .tempfile_in(dir)?;

@@ -338,6 +338,15 @@ fn hubsshd_auth_hub_checks_tokens_with_the_hub() {
     env.write_config(&proxy_command(Some(&own), &server.ws_url()));
     let out = env.ssh_run("echo through-hub-auth", 60).ok();
     assert_eq!(out.stdout_text(), "through-hub-auth\n");
+    // A token without access: hubssh says so in one line.
+    env.write_config(&proxy_command(Some(&no_access), &server.ws_url()));
+    let out = env.ssh_run("true", 60);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("(HTTP 404)") && out.stderr_text().contains("may access"),
+        "{}",
+        out.stderr_text()
+    );
 
     // Raw SSH carries no token: refused on a TCP listener with hub auth.
     env.write_config(&format!("socat - TCP:{}", server.addr));
