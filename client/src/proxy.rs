@@ -61,11 +61,14 @@ pub struct Resolved {
 /// # Errors
 /// An unknown name, an unreadable config or token file.
 pub fn resolve(target: &str, token_file: Option<&Path>) -> Result<Resolved, ProxyError> {
-    let store = Store::load(&store::path()?)?;
+    // The saved config is read only when it is needed: a URL with a token of its own works even
+    // without a config directory or with a damaged config file.
+    let load = || store::path().and_then(|p| Store::load(&p));
     // A name is what `config add` accepts; anything else is taken as a URL (and explained as one).
     let (url, start) = if !crate::ssh_config::valid_name(target) {
         (target.to_owned(), false)
     } else {
+        let store = load()?;
         let host = store
             .hosts
             .get(target)
@@ -76,9 +79,14 @@ pub fn resolve(target: &str, token_file: Option<&Path>) -> Result<Resolved, Prox
         Some(t) => Some(t),
         None => {
             let endpoint = Endpoint::parse(&url)?;
-            store
-                .login_for_url(endpoint.url.as_str())
-                .map(|l| l.token())
+            match load() {
+                Ok(store) => store
+                    .login_for_url(endpoint.url.as_str())
+                    .map(|l| l.token()),
+                // No config directory (HOME unset): there is no saved login either.
+                Err(StoreError::NoDir) => None,
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     Ok(Resolved { url, start, token })
