@@ -48,9 +48,9 @@ impl Net {
 
     /// The API of the hub at `hub` (its base URL), called with `token`.
     pub fn api(&self, hub: &str, token: Option<Token>) -> anyhow::Result<HubApi> {
-        let bare = HubApi::new(hub, ConnectOptions::default())?;
-        let opts = self.options(bare.endpoint(), token)?;
-        Ok(HubApi::new(hub, opts)?)
+        let api = HubApi::new(hub, ConnectOptions::default())?;
+        let opts = self.options(api.endpoint(), token)?;
+        Ok(api.with_options(opts))
     }
 }
 
@@ -65,12 +65,17 @@ pub async fn whoami(api: &HubApi) -> anyhow::Result<String> {
             answer.status,
             api.base
         ),
-        s => {
-            answer.json("GET /hub/api/user")?;
-            anyhow::bail!("{} answered HTTP {s} to GET /hub/api/user", api.base)
-        }
+        _ => {}
     }
+    // An HTML page (not a hub, or a login portal in front of it) is explained by `json`.
     let model = answer.json("GET /hub/api/user")?;
+    if answer.status != 200 {
+        anyhow::bail!(
+            "{} answered HTTP {} to GET /hub/api/user",
+            api.base,
+            answer.status
+        );
+    }
     if model["kind"] == "service" {
         anyhow::bail!(
             "this token belongs to the service {}, not a user",

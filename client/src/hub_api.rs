@@ -73,6 +73,12 @@ impl HubApi {
         })
     }
 
+    /// The same hub reached with `opts` (proxy, TLS, token), which depend on its endpoint.
+    pub fn with_options(mut self, opts: ConnectOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
     /// The endpoint of the hub itself (its host, port and TLS), for the tunnel's connection.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint

@@ -147,20 +147,6 @@ impl Hub {
         api_call(&self.admin_header, &self.url(), method, path, body)
     }
 
-    /// A REST call with the token in `token_file`.
-    pub fn api_as(
-        &self,
-        token_file: &Path,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> (u16, Value) {
-        let header = token_file.with_extension("header");
-        let token = std::fs::read_to_string(token_file).expect("token file");
-        write_private(&header, &format!("Authorization: token {}", token.trim()));
-        api_call(&header, &self.url(), method, path, body)
-    }
-
     /// Makes sure the local system user and the hub user `name` exist.
     pub fn user(&self, name: &str) {
         ensure_system_user(name);

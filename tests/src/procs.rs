@@ -147,6 +147,24 @@ pub fn background(cmd: &mut Command) -> Background {
     Background(child)
 }
 
+/// `python3 -m http.server` serving `dir` on a free loopback port, ready; stopped when dropped.
+pub fn http_server(dir: &std::path::Path) -> (Background, u16) {
+    let port = free_port();
+    let server = background(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir),
+    );
+    assert!(wait_port(port, 20), "python3 -m http.server did not start");
+    (server, port)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -104,19 +104,7 @@ fn login_checks_the_token_and_keeps_it_private() {
     // A URL that is not a hub answers HTML: said plainly.
     let web = env.path().join("web");
     std::fs::create_dir_all(&web).unwrap();
-    let port = procs::free_port();
-    let _site = procs::background(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(&web),
-    );
-    assert!(procs::wait_port(port, 20));
+    let (_site, port) = procs::http_server(&web);
     let out = hubssh(
         &cfg,
         &["login", &format!("http://127.0.0.1:{port}")],

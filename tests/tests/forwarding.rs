@@ -114,19 +114,7 @@ fn remote_forward_reaches_a_local_server() {
     let env = Env::new();
     let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
     let site = site(&env, "r.txt", "reverse\n");
-    let local = free_port();
-    let _http = background(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &local.to_string(),
-            ])
-            .current_dir(&site),
-    );
-    assert!(wait_port(local, 20), "local http server did not start");
+    let (_http, local) = procs::http_server(&site);
     let remote = free_port();
     let out = procs::output(
         env.ssh().args([
