@@ -14,6 +14,7 @@ pub mod http;
 pub mod hub_auth;
 pub mod listener;
 pub mod prefixed;
+pub mod read_ahead;
 pub mod state;
 pub mod ws_io;
 

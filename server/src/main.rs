@@ -93,6 +93,12 @@ enum SshAuthArg {
     Keys,
 }
 
+/// Every byte a client sends passes through buffers allocated on the connection's task and freed
+/// on the consumer's. glibc's malloc keeps handing that memory back to the kernel and faulting it
+/// in again: 10% of hubsshd's time in a 1 GiB upload went to page faults. mimalloc reuses it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();

@@ -333,6 +333,7 @@ fn start(env: &Env, remote: &str, stdin: Stdio) -> (Child, BufReader<std::proces
 
 /// Seconds to push `bytes` into `cat > /dev/null` on the far side.
 fn upload(env: &Env, bytes: usize) -> f64 {
+    eprintln!("  upload {} MiB", bytes >> 20);
     let (mut child, _out) = start(env, "echo go; cat > /dev/null", Stdio::piped());
     let mut stdin = child.stdin.take().expect("stdin");
     let buf = vec![0x5au8; 1 << 20];
@@ -347,6 +348,7 @@ fn upload(env: &Env, bytes: usize) -> f64 {
 
 /// Seconds to pull `bytes` from `head -c` on the far side.
 fn download(env: &Env, bytes: usize) -> f64 {
+    eprintln!("  download {} MiB", bytes >> 20);
     let remote = format!("echo go; head -c {bytes} /dev/zero");
     let (mut child, mut out) = start(env, &remote, Stdio::null());
     let start = Instant::now();
