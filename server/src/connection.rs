@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use crate::dialect::{self, Dialect};
 use crate::http;
 use crate::prefixed::Prefixed;
+use crate::read_ahead::ReadAhead;
 use crate::ws_io::{self, WsIo};
 use crate::{Auth, Server};
 
@@ -38,7 +39,9 @@ where
         }
         Dialect::Ssh(first) => {
             info!("raw ssh connection");
-            serve_ssh(Prefixed::new(first, stream), &server, cancel).await;
+            // The raw dialect is jupyter-server-proxy's: keep its socket drained (see ReadAhead).
+            let stream = ReadAhead::new(Prefixed::new(first, stream));
+            serve_ssh(stream, &server, cancel).await;
         }
         Dialect::Http(first) => serve_http(stream, first, &server, cancel).await,
     }

@@ -20,8 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::read_ahead::ReadAhead;
-
 pub use auth::SshAuth;
 pub use user::UserInfo;
 
@@ -90,7 +88,6 @@ impl Embedded {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let handler = handler::Handler::new(self.shared.clone());
-        let stream = ReadAhead::new(stream);
         let running = russh::server::run_stream(self.config.clone(), stream, handler)
             .await
             .map_err(std::io::Error::other)?;
