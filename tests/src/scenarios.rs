@@ -188,8 +188,9 @@ pub fn interactive(env: &Env) {
     let tmux = Tmux {
         socket: env.path().join("tmux.sock"),
     };
+    // A terminal mode set locally must reach the remote pty (ssh sends it with pty-req).
     let inner = format!(
-        "ssh -F {} -tt hub; echo \"ssh-exit=$?\" > {}",
+        "stty rprnt ^T; ssh -F {} -tt hub; echo \"ssh-exit=$?\" > {}",
         env.config.display(),
         status_file.display()
     );
@@ -218,6 +219,8 @@ pub fn interactive(env: &Env) {
     tmux.wait_for("40 120");
     tmux.type_line("tty | grep -q /dev/ && echo has-a-tty");
     tmux.wait_for("has-a-tty");
+    tmux.type_line("stty -a | grep -q 'rprnt = ^T' && echo \"modes-$((2 + 3))\"");
+    tmux.wait_for("modes-5");
 
     tmux.type_line("sleep 100");
     std::thread::sleep(std::time::Duration::from_millis(300));

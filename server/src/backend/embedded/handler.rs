@@ -320,7 +320,7 @@ impl russh::server::Handler for Handler {
         rows: u32,
         _pix_width: u32,
         _pix_height: u32,
-        _modes: &[(Pty, u32)],
+        modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.sessions.get_mut(&channel) {
@@ -329,6 +329,7 @@ impl russh::server::Handler for Handler {
                     term: term.to_owned(),
                     cols: dimension(cols),
                     rows: dimension(rows),
+                    modes: modes.to_vec(),
                 });
                 session.channel_success(channel)?;
             }

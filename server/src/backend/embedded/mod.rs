@@ -8,6 +8,7 @@ mod handler;
 mod inbox;
 mod process;
 mod sftp;
+mod tty_modes;
 mod user;
 
 use std::sync::Arc;

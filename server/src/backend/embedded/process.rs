@@ -31,6 +31,8 @@ pub struct PtyParams {
     pub term: String,
     pub cols: u16,
     pub rows: u16,
+    /// The client's terminal modes, applied to the pty.
+    pub modes: Vec<(russh::Pty, u32)>,
 }
 
 /// What to run on a session channel.
@@ -216,6 +218,7 @@ async fn run_pty(
         term: "xterm".into(),
         cols: 80,
         rows: 24,
+        modes: Vec::new(),
     });
     let (pty, pts) = pty_process::open().map_err(to_io)?;
     pty.resize(pty_process::Size::new(
@@ -223,6 +226,9 @@ async fn run_pty(
         params.cols.max(1),
     ))
     .map_err(to_io)?;
+    if let Err(e) = super::tty_modes::apply(&pts, &params.modes) {
+        debug!(%e, "cannot apply the client's terminal modes");
+    }
     let tty = tty_name(&pts);
     let (argv0, args) = shell_args(&launch);
     let mut env = launch.env;
