@@ -113,21 +113,40 @@ impl Handler {
         };
         let inbox = self.channels.register(id);
         let home = self.shared.user.home.clone();
-        tokio::spawn(
-            async move {
-                // The SFTP server reads the inbox and writes the channel directly; it drops the
-                // stream when the client ends the session, and then scp wants an exit status.
-                let (done_tx, done) = tokio::sync::oneshot::channel();
-                let out = NotifyOnDrop::new(writer.make_writer(), done_tx);
-                russh_sftp::server::run(tokio::io::join(inbox.into_reader(), out), Sftp::new(home))
-                    .await;
-                let _ = done.await;
-                let _ = writer.exit_status(0).await;
-                let _ = writer.eof().await;
-                let _ = writer.close().await;
-            }
-            .in_current_span(),
-        );
+        let span = tracing::Span::current();
+        // Each SFTP session gets its own thread, as OpenSSH runs an sftp-server process per
+        // session: file system calls then run inline on it instead of handing every 32 KiB write
+        // to tokio's blocking pool, and a slow disk (an NFS home) stalls only this session.
+        let spawned = std::thread::Builder::new()
+            .name("hubsshd-sftp".into())
+            .spawn(move || {
+                let _span = span.enter();
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => return warn!(%e, "cannot start the SFTP session"),
+                };
+                runtime.block_on(async move {
+                    // The SFTP server reads the inbox and writes the channel directly; it drops
+                    // the stream when the client ends the session, and then scp wants an exit
+                    // status.
+                    let (done_tx, done) = tokio::sync::oneshot::channel();
+                    let out = NotifyOnDrop::new(writer.make_writer(), done_tx);
+                    let stream = tokio::io::join(inbox.into_reader(), out);
+                    russh_sftp::server::run(stream, Sftp::new(home)).await;
+                    let _ = done.await;
+                    let _ = writer.exit_status(0).await;
+                    let _ = writer.eof().await;
+                    let _ = writer.close().await;
+                });
+            });
+        if let Err(e) = spawned {
+            warn!(%e, "cannot start the SFTP session");
+            session.channel_failure(id).ok();
+            return;
+        }
         session.channel_success(id).ok();
     }
 }

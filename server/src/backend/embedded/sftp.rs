@@ -117,7 +117,8 @@ fn ok(id: u32) -> Status {
     }
 }
 
-/// Runs filesystem work without stalling the runtime's other tasks.
+/// Runs filesystem work without stalling other tasks: inline on an SFTP session's own thread
+/// (its current-thread runtime), through `block_in_place` on a shared multi-thread runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
