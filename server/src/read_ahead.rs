@@ -16,8 +16,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
-/// Largest single read from the socket.
+/// Largest single read from the socket, used while reads keep filling their buffer (a transfer).
 const CHUNK: usize = 256 * 1024;
+
+/// Read size otherwise: an idle session waits on a small buffer, not a 256 KiB one.
+const SMALL: usize = 16 * 1024;
 
 /// Chunks held ahead of the reader: at most `DEPTH * CHUNK` bytes per connection. Past that the
 /// task stops reading and the socket's own buffer pushes back on the sender, as before.
@@ -36,11 +39,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ReadAhead<S> {
         let (mut read, write) = tokio::io::split(stream);
         let (tx, chunks) = mpsc::channel(DEPTH);
         let reader = tokio::spawn(async move {
+            let mut size = SMALL;
             loop {
-                let mut buf = BytesMut::with_capacity(CHUNK);
+                let mut buf = BytesMut::with_capacity(size);
                 let chunk = match read.read_buf(&mut buf).await {
                     Ok(0) => break, // EOF: the receiver sees the channel close
-                    Ok(_) => Ok(buf.freeze()),
+                    Ok(n) => {
+                        size = if n >= size { CHUNK } else { SMALL.max(n) };
+                        Ok(buf.freeze())
+                    }
                     Err(e) => Err(e),
                 };
                 let failed = chunk.is_err();
