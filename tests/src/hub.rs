@@ -278,6 +278,10 @@ fn spawn_for_life_of_process(mut cmd: Command) {
 
 /// Creates the local user `name` with a home directory unless it exists (needs root).
 pub fn ensure_system_user(name: &str) {
+    // Tests run in parallel threads and two may want the same user at once: concurrent `useradd`s
+    // of one name have left a home directory owned by a uid that is not the user's.
+    static USERADD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = USERADD.lock().unwrap_or_else(|e| e.into_inner());
     let exists = Command::new("id")
         .arg(name)
         .stdout(std::process::Stdio::null())
@@ -290,6 +294,29 @@ pub fn ensure_system_user(name: &str) {
             30,
         )
         .ok();
+    }
+    // A home left owned by someone else (by such a race on an earlier run) would keep the user's
+    // server from starting: give it back.
+    let home = PathBuf::from(format!("/home/{name}"));
+    let uid = procs::output(Command::new("id").args(["-u", name]), 10)
+        .stdout_text()
+        .trim()
+        .parse::<u32>()
+        .ok();
+    let owner = std::fs::metadata(&home).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    if let (Some(uid), Some(owner)) = (uid, owner) {
+        if uid != owner {
+            procs::output(
+                Command::new("chown")
+                    .args(["-R", &format!("{name}:{name}")])
+                    .arg(&home),
+                30,
+            )
+            .ok();
+        }
     }
 }
 
