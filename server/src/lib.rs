@@ -4,7 +4,7 @@
 //! Map: [`listener`] binds and accepts; [`connection`] handles one connection; [`dialect`] sniffs
 //! its first bytes; [`http`] reads request heads; [`ws_io`] turns a WebSocket into a byte
 //! stream; [`prefixed`] replays sniffed bytes; [`hub_auth`] checks hub tokens; [`backend`] runs
-//! the SSH server; [`state`] keeps the host key.
+//! the SSH server; [`state`] keeps the host key; [`pipes`] sizes the pipes to child processes.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -13,6 +13,7 @@ pub mod dialect;
 pub mod http;
 pub mod hub_auth;
 pub mod listener;
+pub mod pipes;
 pub mod prefixed;
 pub mod read_ahead;
 pub mod state;

@@ -17,13 +17,16 @@ pub enum Route {
     Raw,
     /// `websocat --binary ws://...`, what users run today.
     Websocat,
+    /// `hubssh proxy` with a socket pair for stdin/stdout (socat's `EXEC:`) instead of ssh's
+    /// pipes: its blocking-thread stdio, the one terminals and Windows get.
+    HubsshOnSocket,
 }
 
 impl Route {
     pub fn listen(self) -> Listen {
         match self {
             Route::Raw => Listen::Unix,
-            Route::Hubssh | Route::Websocat => Listen::Tcp,
+            Route::Hubssh | Route::Websocat | Route::HubsshOnSocket => Listen::Tcp,
         }
     }
 }
@@ -83,6 +86,12 @@ impl Env {
                 "{} proxy {}",
                 crate::bin("hubssh").display(),
                 server.ws_url()
+            ),
+            // socat splits addresses at colons: the URL's are escaped.
+            Route::HubsshOnSocket => format!(
+                "socat - EXEC:'{} proxy {}'",
+                crate::bin("hubssh").display(),
+                server.ws_url().replace(':', "\\:")
             ),
             Route::Raw => format!("socat - UNIX-CONNECT:{}", server.addr),
             Route::Websocat => {

@@ -39,3 +39,8 @@ fn openssh_exec_through_raw_unix_socket() {
 fn openssh_exec_through_websocat() {
     exec_round_trip(Backend::OpenSsh, Route::Websocat);
 }
+
+#[test]
+fn embedded_exec_through_hubssh_proxy_on_a_socket() {
+    exec_round_trip(Backend::Embedded, Route::HubsshOnSocket);
+}

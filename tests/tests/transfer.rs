@@ -19,6 +19,11 @@ fn embedded_transfers_through_hubssh_proxy() {
 }
 
 #[test]
+fn embedded_transfers_through_hubssh_proxy_on_a_socket() {
+    transfers(Backend::Embedded, Route::HubsshOnSocket, 16 << 20);
+}
+
+#[test]
 fn embedded_transfers_through_raw_unix_socket() {
     transfers(Backend::Embedded, Route::Raw, 16 << 20);
 }

