@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backend::Keepalive;
 use crate::dialect::{self, Dialect};
 use crate::http;
 use crate::prefixed::Prefixed;
@@ -41,17 +42,18 @@ where
             info!("raw ssh connection");
             // The raw dialect is jupyter-server-proxy's: keep its socket drained (see ReadAhead).
             let stream = ReadAhead::new(Prefixed::new(first, stream));
-            serve_ssh(stream, &server, cancel).await;
+            // The client behind jupyter-server-proxy is not ours to see: it may be websocat.
+            serve_ssh(stream, &server, Keepalive::Eager, cancel).await;
         }
         Dialect::Http(first) => serve_http(stream, first, &server, cancel).await,
     }
 }
 
-async fn serve_ssh<S>(stream: S, server: &Server, cancel: CancellationToken)
+async fn serve_ssh<S>(stream: S, server: &Server, keepalive: Keepalive, cancel: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if let Err(e) = server.backend.serve(stream, cancel).await {
+    if let Err(e) = server.backend.serve(stream, keepalive, cancel).await {
         warn!(%e, "ssh session failed");
     }
 }
@@ -104,8 +106,9 @@ where
             return;
         }
     };
-    info!(%path, "websocket tunnel open");
-    serve_ssh(WsIo::new(ws), server, cancel).await;
+    let keepalive = Keepalive::for_user_agent(head.user_agent.as_deref());
+    info!(%path, ?keepalive, "websocket tunnel open");
+    serve_ssh(WsIo::new(ws), server, keepalive, cancel).await;
 }
 
 fn status_text(server: &Server) -> String {

@@ -25,6 +25,8 @@ pub struct Head {
     pub upgrade: bool,
     /// `Authorization` header value, if any. Never logged.
     pub authorization: Option<String>,
+    /// `User-Agent` header value, if any.
+    pub user_agent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,7 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
                 path: req.path.unwrap_or_default().to_owned(),
                 upgrade,
                 authorization: header("authorization"),
+                user_agent: header("user-agent"),
             }))
         }
     }

@@ -131,13 +131,24 @@ impl OpenSsh {
     }
 
     /// Runs `sshd -i` for one connection and pumps bytes until the session ends.
-    pub async fn serve<S>(&self, mut stream: S, cancel: CancellationToken) -> io::Result<()>
+    pub async fn serve<S>(
+        &self,
+        mut stream: S,
+        keepalive: super::Keepalive,
+        cancel: CancellationToken,
+    ) -> io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // After the admin's --sshd-option values, so those win (sshd keeps the first it sees).
+        let (interval, max) = keepalive.interval_and_max();
         let mut child = Command::new(&self.config.sshd)
             .arg("-i")
             .args(self.args())
+            .arg("-o")
+            .arg(format!("ClientAliveInterval={}", interval.as_secs()))
+            .arg("-o")
+            .arg(format!("ClientAliveCountMax={max}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -12,8 +12,8 @@
 //! jupyter-sshd-proxy's sshd (what users run today), with ratios to (w). Needs root (it creates
 //! the hub's users).
 //! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]
-//! [hub | ROUTES]` (`hub`: the routes through the hub only; ROUTES, e.g. `bd`: the direct route
-//! and those, nothing else). Besides MiB/s it prints the machine's CPU seconds per GiB moved.
+//! [hub | sftp | ROUTES]` (`hub`: the routes through the hub only; `sftp`: SFTP through b and d
+//! only; ROUTES, e.g. `bd`: the direct route and those, nothing else). Besides MiB/s it prints the machine's CPU seconds per GiB moved.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -80,8 +80,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    // `hub`: the hub routes only; letters (`abd`): those routes only, without SFTP, memory or hub.
+    // `hub`: the hub routes only; `sftp`: SFTP through b and d only; letters (`abd`): those
+    // routes only, without SFTP, memory or hub.
     let only = args.next();
+    let sftp_only = only.as_deref() == Some("sftp");
     println!("hubssh-bench: {mib} MiB each way, cipher {CIPHER}, median of {runs} runs\n");
     if only.as_deref() == Some("hub") {
         through_the_hub(mib, runs);
@@ -91,7 +93,7 @@ fn main() {
 
     let mut all = Vec::new();
     // The direct route is always measured: it is what the ratios are to.
-    {
+    if !sftp_only {
         let env = Env::new();
         let _sshd = DirectSshd::start(&env);
         all.push(measure("a  ssh -> sshd (loopback TCP)", &env, mib, runs));
@@ -114,7 +116,7 @@ fn main() {
             Route::Hubssh,
         ),
     ] {
-        if !wanted(name) {
+        if !sftp_only && !wanted(name) || sftp_only && route != Route::Hubssh {
             continue;
         }
         if route == Route::Websocat && hubssh_tests::which("websocat").is_none() {
@@ -123,16 +125,18 @@ fn main() {
         }
         let env = Env::new();
         let _server = env.start(backend, route, &[]);
-        all.push(measure(name, &env, mib, runs));
-        if route == Route::Hubssh && only.is_none() {
+        if !sftp_only {
+            all.push(measure(name, &env, mib, runs));
+        }
+        if route == Route::Hubssh && (only.is_none() || sftp_only) {
             sftp.push(measure_sftp(name, &env, env.path(), mib, runs));
         }
     }
     report(&all);
+    report_sftp(&sftp);
     if only.is_some() {
         return;
     }
-    report_sftp(&sftp);
     memory_per_session(50);
     through_the_hub(mib, runs);
 }
@@ -258,54 +262,78 @@ fn measure_sftp(
     far: &std::path::Path,
     mib: usize,
     runs: usize,
-) -> (&'static str, f64, f64) {
+) -> Figures {
     eprintln!("measuring sftp through {name} ...");
     let src = env.path().join("sftp-src.bin");
     hubssh_tests::data::file(&src, mib << 20, 5);
     let (there, back) = (far.join("sftp-there.bin"), env.path().join("sftp-back.bin"));
-    let timed = |batch: String| {
+    let sftp = |batch: String| {
         let file = env.path().join("batch");
         std::fs::write(&file, batch).expect("batch");
-        let start = Instant::now();
-        procs::output(
-            Command::new("sftp")
-                .arg("-F")
-                .arg(&env.config)
-                .args(["-c", CIPHER, "-b"])
-                .arg(&file)
-                .arg("hub"),
-            300,
-        )
-        .ok();
-        start.elapsed().as_secs_f64()
+        timed(|| {
+            procs::output(
+                Command::new("sftp")
+                    .arg("-F")
+                    .arg(&env.config)
+                    .args(["-c", CIPHER, "-b"])
+                    .arg(&file)
+                    .arg("hub"),
+                300,
+            )
+            .ok();
+        })
     };
-    let put = median(
-        (0..runs)
-            .map(|_| timed(format!("put {} {}\n", src.display(), there.display())))
-            .collect(),
-    );
-    let get = median(
-        (0..runs)
-            .map(|_| timed(format!("get {} {}\n", there.display(), back.display())))
-            .collect(),
-    );
-    (name, mib as f64 / put, mib as f64 / get)
+    let put: Vec<Timed> = (0..runs)
+        .map(|_| sftp(format!("put {} {}\n", src.display(), there.display())))
+        .collect();
+    let get: Vec<Timed> = (0..runs)
+        .map(|_| sftp(format!("get {} {}\n", there.display(), back.display())))
+        .collect();
+    figures(name, mib, &put, &get, 0.0)
 }
 
-fn report_sftp(all: &[(&str, f64, f64)]) {
+/// Figures from timed transfers of `mib` each: medians of rates and of CPU per GiB.
+fn figures(
+    name: &'static str,
+    mib: usize,
+    up: &[Timed],
+    down: &[Timed],
+    connect_ms: f64,
+) -> Figures {
+    let per_gib = |v: &[Timed]| median(v.iter().map(|t| t.cpu).collect()) * 1024.0 / mib as f64;
+    let rate = |v: &[Timed]| mib as f64 / median(v.iter().map(|t| t.secs).collect());
+    Figures {
+        name,
+        up: rate(up),
+        down: rate(down),
+        up_cpu: per_gib(up),
+        down_cpu: per_gib(down),
+        connect_ms,
+    }
+}
+
+fn report_sftp(all: &[Figures]) {
     let Some(base) = all.first() else { return };
     println!(
-        "\n{:<44} {:>9} {:>9} {:>7} {:>7}",
-        "sftp (connect included)", "put MiB/s", "get MiB/s", "put/b", "get/b"
+        "\n{:<44} {:>9} {:>9} {:>7} {:>7} {:>12} {:>8}",
+        "sftp (connect included)",
+        "put MiB/s",
+        "get MiB/s",
+        "put/b",
+        "get/b",
+        "cpu put s/GiB",
+        "cpu get"
     );
-    for (name, put, get) in all {
+    for f in all {
         println!(
-            "{:<44} {:>9.0} {:>9.0} {:>7.2} {:>7.2}",
-            name,
-            put,
-            get,
-            put / base.1,
-            get / base.2
+            "{:<44} {:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>12.2} {:>8.2}",
+            f.name,
+            f.up,
+            f.down,
+            f.up / base.up,
+            f.down / base.down,
+            f.up_cpu,
+            f.down_cpu
         );
     }
 }
@@ -349,10 +377,6 @@ fn measure(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
     let bytes = mib << 20;
     let up: Vec<Timed> = (0..runs).map(|_| upload(env, bytes)).collect();
     let down: Vec<Timed> = (0..runs).map(|_| download(env, bytes)).collect();
-    let per_gib = |v: &[Timed]| median(v.iter().map(|t| t.cpu).collect()) * 1024.0 / mib as f64;
-    let (up_cpu, down_cpu) = (per_gib(&up), per_gib(&down));
-    let up = median(up.iter().map(|t| t.secs).collect());
-    let down = median(down.iter().map(|t| t.secs).collect());
     let connect = median(
         (0..runs.max(5))
             .map(|_| {
@@ -362,15 +386,7 @@ fn measure(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
             })
             .collect(),
     );
-    let mibf = mib as f64;
-    Figures {
-        name,
-        up: mibf / up,
-        down: mibf / down,
-        up_cpu,
-        down_cpu,
-        connect_ms: connect,
-    }
+    figures(name, mib, &up, &down, connect)
 }
 
 /// Starts `ssh -c CIPHER hub REMOTE`, waits for the `go` line, and returns the child.

@@ -24,9 +24,6 @@ use tracing::{debug, warn};
 pub use auth::SshAuth;
 pub use user::UserInfo;
 
-/// Keepalive probes while a connection is idle; three unanswered end it.
-const KEEPALIVE: Duration = Duration::from_secs(30);
-
 /// Per-channel window. Large enough for full speed over a WAN with ~50 ms round trips.
 const WINDOW: u32 = 8 * 1024 * 1024;
 
@@ -38,7 +35,9 @@ const AUTH_REJECTION: Duration = Duration::from_millis(100);
 
 /// The embedded SSH server, configured.
 pub struct Embedded {
+    /// The server's configuration with relaxed keepalives (for hubssh), and with eager ones.
     config: Arc<Config>,
+    eager: Arc<Config>,
     shared: Arc<handler::Shared>,
 }
 
@@ -57,24 +56,28 @@ impl Embedded {
         let mut ciphers = preferred.cipher.to_vec();
         ciphers.push(cipher::AES_128_GCM);
         preferred.cipher = ciphers.into();
-        let config = Config {
-            server_id: russh::SshId::Standard(
-                format!("SSH-2.0-hubsshd_{}", env!("CARGO_PKG_VERSION")).into(),
-            ),
-            keys: vec![host_key],
-            inactivity_timeout: None,
-            keepalive_interval: Some(KEEPALIVE),
-            keepalive_max: 3,
-            auth_rejection_time: AUTH_REJECTION,
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            window_size: WINDOW,
-            maximum_packet_size: MAX_PACKET,
-            nodelay: true,
-            preferred,
-            ..Default::default()
+        let config = |keepalive: super::Keepalive| {
+            let (interval, max) = keepalive.interval_and_max();
+            Config {
+                server_id: russh::SshId::Standard(
+                    format!("SSH-2.0-hubsshd_{}", env!("CARGO_PKG_VERSION")).into(),
+                ),
+                keys: vec![host_key.clone()],
+                inactivity_timeout: None,
+                keepalive_interval: Some(interval),
+                keepalive_max: max as usize,
+                auth_rejection_time: AUTH_REJECTION,
+                auth_rejection_time_initial: Some(Duration::ZERO),
+                window_size: WINDOW,
+                maximum_packet_size: MAX_PACKET,
+                nodelay: true,
+                preferred: preferred.clone(),
+                ..Default::default()
+            }
         };
         Embedded {
-            config: Arc::new(config),
+            config: Arc::new(config(super::Keepalive::Relaxed)),
+            eager: Arc::new(config(super::Keepalive::Eager)),
             shared: Arc::new(handler::Shared { user, auth }),
         }
     }
@@ -84,12 +87,21 @@ impl Embedded {
     }
 
     /// Serves one SSH connection until the client leaves or `cancel` fires.
-    pub async fn serve<S>(&self, stream: S, cancel: CancellationToken) -> std::io::Result<()>
+    pub async fn serve<S>(
+        &self,
+        stream: S,
+        keepalive: super::Keepalive,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let handler = handler::Handler::new(self.shared.clone());
-        let running = russh::server::run_stream(self.config.clone(), stream, handler)
+        let config = match keepalive {
+            super::Keepalive::Relaxed => self.config.clone(),
+            super::Keepalive::Eager => self.eager.clone(),
+        };
+        let running = russh::server::run_stream(config, stream, handler)
             .await
             .map_err(std::io::Error::other)?;
         let handle = running.handle();
