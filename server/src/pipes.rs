@@ -5,6 +5,7 @@ use std::os::fd::AsFd;
 
 /// Capacity asked for (Linux; an unprivileged process may ask up to
 /// `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+#[cfg(target_os = "linux")]
 const PIPE_SIZE: i32 = 1 << 20;
 
 /// Makes the pipe behind `fd` bigger; anything else, or a pipe that cannot grow, stays as it is.

@@ -140,11 +140,11 @@ impl OpenSsh {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // After the admin's --sshd-option values, so those win (sshd keeps the first it sees).
         let (interval, max) = keepalive.interval_and_max();
         let mut child = Command::new(&self.config.sshd)
             .arg("-i")
             .args(self.args())
+            // After the admin's --sshd-option values, so those win (sshd keeps the first it sees).
             .arg("-o")
             .arg(format!("ClientAliveInterval={}", interval.as_secs()))
             .arg("-o")

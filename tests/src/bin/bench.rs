@@ -13,7 +13,8 @@
 //! the hub's users).
 //! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]
 //! [hub | sftp | ROUTES]` (`hub`: the routes through the hub only; `sftp`: SFTP through b and d
-//! only; ROUTES, e.g. `bd`: the direct route and those, nothing else). Besides MiB/s it prints the machine's CPU seconds per GiB moved.
+//! only; ROUTES, e.g. `bd`: the direct route and those, nothing else). Besides MiB/s it prints
+//! the machine's CPU seconds per GiB moved.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -45,7 +46,8 @@ struct Timed {
     cpu: f64,
 }
 
-/// CPU seconds the machine has been busy since boot (all cores; idle and iowait left out).
+/// CPU seconds the machine has been busy since boot (all cores; idle, iowait and the time the
+/// hypervisor stole left out).
 fn cpu_busy() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<f64> = stat
@@ -57,12 +59,7 @@ fn cpu_busy() -> f64 {
         .filter_map(|v| v.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
-    let busy: f64 = ticks
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
-        .map(|(_, t)| t)
-        .sum();
+    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
     busy / 100.0
 }
 
@@ -89,11 +86,17 @@ fn main() {
         through_the_hub(mib, runs);
         return;
     }
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.contains(&name[..1]));
+    // Which routes run, and what is measured on them.
+    let wanted = |name: &str, route: Route| match only.as_deref() {
+        None => true,
+        Some("sftp") => route == Route::Hubssh,
+        Some(letters) => letters.contains(&name[..1]),
+    };
+    let (transfers, sftp_too) = (!sftp_only, only.is_none() || sftp_only);
 
     let mut all = Vec::new();
-    // The direct route is always measured: it is what the ratios are to.
-    if !sftp_only {
+    // The direct route is measured with any transfer: it is what the ratios are to.
+    if transfers {
         let env = Env::new();
         let _sshd = DirectSshd::start(&env);
         all.push(measure("a  ssh -> sshd (loopback TCP)", &env, mib, runs));
@@ -116,7 +119,7 @@ fn main() {
             Route::Hubssh,
         ),
     ] {
-        if !sftp_only && !wanted(name) || sftp_only && route != Route::Hubssh {
+        if !wanted(name, route) {
             continue;
         }
         if route == Route::Websocat && hubssh_tests::which("websocat").is_none() {
@@ -125,10 +128,10 @@ fn main() {
         }
         let env = Env::new();
         let _server = env.start(backend, route, &[]);
-        if !sftp_only {
+        if transfers {
             all.push(measure(name, &env, mib, runs));
         }
-        if route == Route::Hubssh && (only.is_none() || sftp_only) {
+        if route == Route::Hubssh && sftp_too {
             sftp.push(measure_sftp(name, &env, env.path(), mib, runs));
         }
     }

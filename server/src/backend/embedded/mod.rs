@@ -36,7 +36,7 @@ const AUTH_REJECTION: Duration = Duration::from_millis(100);
 /// The embedded SSH server, configured.
 pub struct Embedded {
     /// The server's configuration with relaxed keepalives (for hubssh), and with eager ones.
-    config: Arc<Config>,
+    relaxed: Arc<Config>,
     eager: Arc<Config>,
     shared: Arc<handler::Shared>,
 }
@@ -76,7 +76,7 @@ impl Embedded {
             }
         };
         Embedded {
-            config: Arc::new(config(super::Keepalive::Relaxed)),
+            relaxed: Arc::new(config(super::Keepalive::Relaxed)),
             eager: Arc::new(config(super::Keepalive::Eager)),
             shared: Arc::new(handler::Shared { user, auth }),
         }
@@ -98,7 +98,7 @@ impl Embedded {
     {
         let handler = handler::Handler::new(self.shared.clone());
         let config = match keepalive {
-            super::Keepalive::Relaxed => self.config.clone(),
+            super::Keepalive::Relaxed => self.relaxed.clone(),
             super::Keepalive::Eager => self.eager.clone(),
         };
         let running = russh::server::run_stream(config, stream, handler)
