@@ -1,22 +1,11 @@
-//! The byte pump between ssh and the WebSocket: input chunks out as binary messages (flushed after
-//! every burst, so nothing waits in a TLS buffer), messages in as output chunks, pings while idle,
-//! and a watchdog that ends a connection the server stopped answering.
+//! The tunnel's life once open: ssh's bytes pumped both ways, pings while the server is quiet,
+//! and how it ended, in words a person understands.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use hubssh_wire::{Keepalive, PumpError, PumpOptions, ReadEnd, WsStream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
-
-/// Most input bytes sent in one burst before a flush, so a fast writer cannot starve pings.
-const MAX_BURST: usize = 1024 * 1024;
 
 /// Pings without any frame from the server before the connection is given up.
 pub const MISSED_PINGS: u32 = 3;
@@ -59,193 +48,164 @@ pub enum BridgeError {
     Dead(u64),
 }
 
-/// Moves bytes until one side ends. `input` carries what ssh writes (closed at its EOF);
-/// `output` takes what ssh should read.
-pub async fn bridge<S>(
-    ws: WebSocketStream<S>,
-    mut input: mpsc::Receiver<Bytes>,
-    output: mpsc::Sender<Bytes>,
+/// Close codes that mean the session ended as it should: 1000, or a Close without a code.
+fn normal(code: u16) -> bool {
+    matches!(code, 1000 | 1005)
+}
+
+/// Moves bytes until one side ends: `input` carries what ssh writes, `output` takes what ssh
+/// should read. At input EOF our Close goes out and the server's last output gets
+/// `close_wait`; when the server closes, output is closed at once (ssh must not hang).
+pub async fn bridge<S, R, W>(
+    mut ws: WsStream<S>,
+    input: &mut R,
+    output: &mut W,
     opts: BridgeOptions,
 ) -> Result<BridgeEnd, BridgeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (mut sink, mut stream) = ws.split();
-    let start = Instant::now();
-    let last_seen = AtomicU64::new(0);
-    let touch = || last_seen.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-
-    let reader = async {
-        while let Some(msg) = stream.next().await {
-            touch();
-            let data = match msg {
-                Ok(Message::Binary(data)) => data,
-                Ok(Message::Text(text)) => Bytes::from(text),
-                Ok(Message::Close(frame)) => {
-                    return match frame {
-                        None => Ok(BridgeEnd::ServerClosed),
-                        Some(f) if f.code == CloseCode::Normal => Ok(BridgeEnd::ServerClosed),
-                        Some(f) => Err(BridgeError::ClosedAbnormally {
-                            code: f.code.into(),
-                            reason: f.reason.to_string(),
-                        }),
-                    }
-                }
-                Ok(_) => continue,
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    return Ok(BridgeEnd::ServerClosed)
-                }
-                Err(e) => return Err(BridgeError::Lost(e.to_string())),
-            };
-            if output.send(data).await.is_err() {
-                return Ok(BridgeEnd::OutputClosed);
-            }
-        }
-        Err(BridgeError::Lost(
-            "the connection closed without a WebSocket close".into(),
-        ))
-    };
-
-    let writer = async {
-        let mut ticker = opts.ping_interval.map(|p| {
-            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
+    if let Some(interval) = opts.ping_interval {
+        ws.set_keepalive(Keepalive {
+            interval,
+            missed: MISSED_PINGS,
         });
-        loop {
-            let tick = async {
-                match ticker.as_mut() {
-                    Some(t) => t.tick().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                chunk = input.recv() => match chunk {
-                    Some(chunk) => {
-                        let mut burst = chunk.len();
-                        sink.feed(Message::Binary(chunk)).await?;
-                        while burst < MAX_BURST {
-                            let Ok(more) = input.try_recv() else { break };
-                            burst += more.len();
-                            sink.feed(Message::Binary(more)).await?;
-                        }
-                        sink.flush().await?;
-                    }
-                    None => {
-                        sink.send(Message::Close(None)).await?;
-                        return Ok::<(), WsError>(());
-                    }
-                },
-                _ = tick => sink.send(Message::Ping(Bytes::new())).await?,
-            }
-        }
+    }
+    let pump_opts = PumpOptions {
+        linger: Some(opts.close_wait),
+        end_with_tunnel: true,
     };
-
-    let watchdog = async {
-        let Some(period) = opts.ping_interval else {
-            return std::future::pending().await;
-        };
-        let limit = period * MISSED_PINGS;
-        loop {
-            tokio::time::sleep(period).await;
-            let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
-            if start.elapsed().saturating_sub(seen) > limit {
-                return limit.as_secs();
-            }
+    let pumped = hubssh_wire::pump(&mut ws, input, output, pump_opts).await;
+    let abnormal = match ws.read_end() {
+        Some(ReadEnd::Closed { code, reason }) if !normal(*code) => {
+            Some(BridgeError::ClosedAbnormally {
+                code: *code,
+                reason: reason.clone(),
+            })
         }
+        _ => None,
     };
-
-    tokio::pin!(reader, writer, watchdog);
-    tokio::select! {
-        end = &mut reader => end,
-        wrote = &mut writer => match wrote {
-            Ok(()) => {
-                // Our Close is out: keep delivering output until the server answers, briefly.
-                match tokio::time::timeout(opts.close_wait, &mut reader).await {
-                    Ok(Err(BridgeError::Lost(_))) | Err(_) => Ok(BridgeEnd::InputClosed),
-                    Ok(end) => end.map(|_| BridgeEnd::InputClosed),
-                }
-            }
-            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => reader.await,
-            Err(e) => Err(BridgeError::Lost(e.to_string())),
-        },
-        secs = &mut watchdog => Err(BridgeError::Dead(secs)),
+    let closed_normally =
+        matches!(ws.read_end(), Some(ReadEnd::Closed { code, .. }) if normal(*code));
+    match pumped {
+        _ if abnormal.is_some() => Err(abnormal.unwrap_or(BridgeError::Lost(String::new()))),
+        Ok(p) if p.input_ended_first => Ok(BridgeEnd::InputClosed),
+        Ok(_) if closed_normally => Ok(BridgeEnd::ServerClosed),
+        Ok(_) => Err(BridgeError::Lost(
+            "the connection closed without a WebSocket close".into(),
+        )),
+        Err(PumpError::Output(e)) => {
+            tracing::debug!(%e, "stdout closed");
+            Ok(BridgeEnd::OutputClosed)
+        }
+        Err(PumpError::Input(e)) => {
+            // As good as EOF: ssh is going away.
+            tracing::debug!(%e, "stdin read failed");
+            Ok(BridgeEnd::InputClosed)
+        }
+        // Our write raced the server's normal close.
+        Err(PumpError::Tunnel(_)) if closed_normally => Ok(BridgeEnd::ServerClosed),
+        Err(PumpError::Tunnel(e)) if e.kind() == io::ErrorKind::TimedOut => Err(BridgeError::Dead(
+            opts.ping_interval
+                .map_or(0, |p| (p * MISSED_PINGS).as_secs()),
+        )),
+        Err(PumpError::Tunnel(e)) => Err(BridgeError::Lost(e.to_string())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite::protocol::{frame::CloseFrame, Role};
+    use futures_util::{SinkExt, StreamExt};
+    use hubssh_wire::Role;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::{self, frame::CloseFrame};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
 
-    async fn pair() -> (
-        WebSocketStream<tokio::io::DuplexStream>,
-        WebSocketStream<tokio::io::DuplexStream>,
-    ) {
+    /// Our client end, a real (tungstenite) server end, and ssh's two pipes.
+    struct Rig {
+        server: WebSocketStream<DuplexStream>,
+        ssh_in: DuplexStream,
+        ssh_out: DuplexStream,
+        run: tokio::task::JoinHandle<Result<BridgeEnd, BridgeError>>,
+    }
+
+    async fn rig(opts: BridgeOptions) -> Rig {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let client = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
-        let server = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
-        (client, server)
+        let ws = WsStream::new(a, Role::Client, b"", 1 << 24);
+        let server = WebSocketStream::from_raw_socket(b, protocol::Role::Server, None).await;
+        let (ssh_in, mut input) = tokio::io::duplex(1 << 16);
+        let (mut output, ssh_out) = tokio::io::duplex(1 << 16);
+        let run = tokio::spawn(async move { bridge(ws, &mut input, &mut output, opts).await });
+        Rig {
+            server,
+            ssh_in,
+            ssh_out,
+            run,
+        }
     }
 
     #[tokio::test]
     async fn moves_bytes_and_ends_on_input_eof() {
-        let (client, mut server) = pair().await;
-        let (in_tx, in_rx) = mpsc::channel(8);
-        let (out_tx, mut out_rx) = mpsc::channel(8);
-        let run = tokio::spawn(bridge(client, in_rx, out_tx, BridgeOptions::default()));
-        in_tx.send(Bytes::from_static(b"up")).await.unwrap();
+        let mut r = rig(BridgeOptions::default()).await;
+        r.ssh_in.write_all(b"up").await.unwrap();
         assert_eq!(
-            server.next().await.unwrap().unwrap(),
+            r.server.next().await.unwrap().unwrap(),
             Message::binary(&b"up"[..])
         );
-        server.send(Message::binary(&b"down"[..])).await.unwrap();
-        assert_eq!(out_rx.recv().await.unwrap(), Bytes::from_static(b"down"));
-        drop(in_tx);
+        r.server.send(Message::binary(&b"down"[..])).await.unwrap();
+        let mut got = [0u8; 4];
+        r.ssh_out.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"down");
+        drop(r.ssh_in);
         assert!(matches!(
-            server.next().await.unwrap().unwrap(),
+            r.server.next().await.unwrap().unwrap(),
             Message::Close(_)
         ));
-        server.flush().await.unwrap();
-        assert_eq!(run.await.unwrap().unwrap(), BridgeEnd::InputClosed);
+        r.server.flush().await.unwrap();
+        assert_eq!(r.run.await.unwrap().unwrap(), BridgeEnd::InputClosed);
+    }
+
+    #[tokio::test]
+    async fn server_close_ends_output_at_once() {
+        let mut r = rig(BridgeOptions::default()).await;
+        r.server.send(Message::binary(&b"bye"[..])).await.unwrap();
+        r.server.close(None).await.unwrap();
+        let mut got = Vec::new();
+        r.ssh_out.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        assert_eq!(r.run.await.unwrap().unwrap(), BridgeEnd::ServerClosed);
     }
 
     #[tokio::test]
     async fn abnormal_close_and_lost_connection_are_errors() {
-        let (client, mut server) = pair().await;
-        let (_in_tx, in_rx) = mpsc::channel(8);
-        let (out_tx, _out_rx) = mpsc::channel(8);
-        let run = tokio::spawn(bridge(client, in_rx, out_tx, BridgeOptions::default()));
+        let mut r = rig(BridgeOptions::default()).await;
         let frame = CloseFrame {
             code: CloseCode::Away,
             reason: "shutting down".into(),
         };
-        server.send(Message::Close(Some(frame))).await.unwrap();
-        let err = run.await.unwrap().unwrap_err();
+        r.server.send(Message::Close(Some(frame))).await.unwrap();
+        let err = r.run.await.unwrap().unwrap_err();
         assert!(
             err.to_string().contains("code 1001: shutting down"),
             "{err}"
         );
 
-        let (client, server) = pair().await;
-        let (_in_tx, in_rx) = mpsc::channel(8);
-        let (out_tx, _out_rx) = mpsc::channel(8);
-        let run = tokio::spawn(bridge(client, in_rx, out_tx, BridgeOptions::default()));
-        drop(server);
-        assert!(matches!(run.await.unwrap(), Err(BridgeError::Lost(_))));
+        let r = rig(BridgeOptions::default()).await;
+        drop(r.server);
+        assert!(matches!(r.run.await.unwrap(), Err(BridgeError::Lost(_))));
     }
 
     #[tokio::test(start_paused = true)]
     async fn silent_server_is_declared_dead() {
-        let (client, _server) = pair().await;
-        let (_in_tx, in_rx) = mpsc::channel(8);
-        let (out_tx, _out_rx) = mpsc::channel(8);
-        let opts = BridgeOptions {
-            ping_interval: Some(Duration::from_secs(30)),
-            ..Default::default()
-        };
-        // The server half is never polled: pings go unanswered.
-        let err = bridge(client, in_rx, out_tx, opts).await.unwrap_err();
+        let r = rig(BridgeOptions::default()).await;
+        // The server end is never polled: pings go unanswered.
+        let err = r.run.await.unwrap().unwrap_err();
         assert!(matches!(err, BridgeError::Dead(90)), "{err}");
+        drop(r.server);
     }
 }

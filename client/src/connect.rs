@@ -3,14 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use hubssh_wire::{Role, WsStream};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
 use tracing::debug;
 
@@ -26,7 +27,8 @@ pub type Transport = Either<TcpStream, TlsStream<TcpStream>>;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest message accepted from the server. hubsshd sends at most 256 KiB and
-/// jupyter-server-proxy forwards one read (at most 256 KiB) per message.
+/// jupyter-server-proxy forwards one read (at most 256 KiB) per message; messages are streamed,
+/// never held whole, so the limit only marks a peer gone wrong.
 pub const MAX_RECEIVE: usize = 16 * 1024 * 1024;
 
 /// What the connection needs besides the endpoint.
@@ -46,7 +48,7 @@ pub struct ConnectOptions {
 pub async fn connect(
     endpoint: &Endpoint,
     opts: &ConnectOptions,
-) -> Result<WebSocketStream<Transport>, ConnectError> {
+) -> Result<WsStream<Transport>, ConnectError> {
     let fut = async {
         let transport = transport(endpoint, opts).await?;
         handshake(endpoint, opts, transport).await
@@ -162,19 +164,28 @@ pub fn authorization(token: &Token) -> Result<HeaderValue, ConnectError> {
     Ok(value)
 }
 
+/// Longest response head accepted from the server or a proxy in front of it.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// Most response headers looked at.
+const MAX_HEADERS: usize = 64;
+
+/// The upgrade request (RFC 6455 4.1) with our token, read back to its response head; the
+/// tunnel starts with whatever the server sent behind that head.
 async fn handshake(
     endpoint: &Endpoint,
     opts: &ConnectOptions,
-    transport: Transport,
-) -> Result<WebSocketStream<Transport>, ConnectError> {
+    mut transport: Transport,
+) -> Result<WsStream<Transport>, ConnectError> {
     let url = endpoint.url.to_string();
+    let failed = |reason: String| ConnectError::Handshake {
+        url: url.clone(),
+        reason,
+    };
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| ConnectError::Handshake {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| failed(e.to_string()))?;
     let headers = request.headers_mut();
     headers.insert(
         "user-agent",
@@ -183,31 +194,79 @@ async fn handshake(
     if let Some(token) = &opts.token {
         headers.insert("authorization", authorization(token)?);
     }
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_RECEIVE))
-        .max_frame_size(Some(MAX_RECEIVE));
-    match tokio_tungstenite::client_async_with_config(request, transport, Some(config)).await {
-        Ok((ws, response)) => {
-            debug!(status = %response.status(), "websocket open");
-            Ok(ws)
-        }
-        Err(WsError::Http(response)) => {
-            let status = response.status();
-            let location = response
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok());
-            Err(error::from_status(
-                endpoint,
-                status.as_u16(),
-                status.canonical_reason().unwrap_or(""),
-                location,
-                opts.token.is_some(),
-            ))
-        }
-        Err(e) => Err(ConnectError::Handshake {
-            url,
-            reason: e.to_string(),
-        }),
+    let key = request
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut head = format!(
+        "GET {} HTTP/1.1\r\n",
+        request.uri().path_and_query().map_or("/", |p| p.as_str())
+    )
+    .into_bytes();
+    for (name, value) in request.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
+    head.extend_from_slice(b"\r\n");
+    let io = |e: std::io::Error| failed(e.to_string());
+    transport.write_all(&head).await.map_err(io)?;
+    transport.flush().await.map_err(io)?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let (status, reason, location, accept, len) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let header = |name: &str| {
+                    response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+                };
+                break (
+                    response.code.unwrap_or_default(),
+                    response.reason.unwrap_or_default().to_owned(),
+                    header("location"),
+                    header("sec-websocket-accept"),
+                    len,
+                );
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(failed("the response head is too large".into()))
+            }
+            Err(e) => return Err(failed(format!("not an HTTP response ({e})"))),
+        }
+        if transport.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err(failed(
+                "the connection closed before the server answered".into(),
+            ));
+        }
+    };
+    if status != 101 {
+        return Err(error::from_status(
+            endpoint,
+            status,
+            &reason,
+            location.as_deref(),
+            opts.token.is_some(),
+        ));
+    }
+    if accept.as_deref() != Some(derive_accept_key(&key).as_str()) {
+        return Err(failed(
+            "the server accepted the upgrade with a wrong Sec-WebSocket-Accept".into(),
+        ));
+    }
+    debug!(status, "websocket open");
+    Ok(WsStream::new(
+        transport,
+        Role::Client,
+        &buf[len..],
+        MAX_RECEIVE,
+    ))
 }

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::commands::{self, Net};
 use crate::connect;
@@ -15,6 +14,9 @@ use crate::token::Token;
 
 /// How long the SSH server may take to send its banner.
 const BANNER_WAIT: Duration = Duration::from_secs(15);
+
+/// Longest identification line read (RFC 4253 4.2 allows 255 bytes).
+const MAX_BANNER: usize = 255;
 
 /// The checklist as it is printed.
 struct Report {
@@ -225,26 +227,28 @@ pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<b
     };
     // Say hello first: some SSH servers (russh) speak only after the client's identification.
     let hello = concat!("SSH-2.0-hubssh_doctor_", env!("CARGO_PKG_VERSION"), "\r\n");
-    let _ = ws
-        .send(Message::Binary(hello.as_bytes().to_vec().into()))
-        .await;
     let banner = tokio::time::timeout(BANNER_WAIT, async {
-        while let Some(message) = ws.next().await {
-            match message {
-                Ok(Message::Binary(data)) => return Ok(String::from_utf8_lossy(&data).into_owned()),
-                Ok(Message::Text(text)) => return Ok(text.to_string()),
-                Ok(Message::Close(_)) => {
+        ws.write_all(hello.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        ws.flush().await.map_err(|e| e.to_string())?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") && line.len() < MAX_BANNER {
+            match ws.read(&mut byte).await {
+                Ok(0) if line.is_empty() => {
                     return Err("the server closed the tunnel without a word".to_owned())
                 }
-                Ok(_) => {}
+                Ok(0) => break,
+                Ok(_) => line.push(byte[0]),
                 Err(e) => return Err(e.to_string()),
             }
         }
-        Err("the tunnel ended without a banner".to_owned())
+        Ok(String::from_utf8_lossy(&line).into_owned())
     })
     .await
     .unwrap_or_else(|_| Err(format!("no SSH banner within {} s", BANNER_WAIT.as_secs())));
-    let _ = ws.close(None).await;
+    let _ = ws.shutdown().await;
     match banner {
         Ok(text) if text.starts_with("SSH-") => {
             report.ok("ssh", text.lines().next().unwrap_or_default().trim());

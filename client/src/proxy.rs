@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio_tungstenite::WebSocketStream;
+use hubssh_wire::WsStream;
 
 use crate::bridge::{self, BridgeEnd, BridgeError, BridgeOptions};
 use crate::commands::{self, Net};
@@ -126,12 +126,13 @@ pub async fn run(config: ProxyConfig) -> Result<BridgeEnd, ProxyError> {
         }
         other => other?,
     };
-    let input = crate::stdio::stdin_reader();
-    let (output, writer) = crate::stdio::stdout_writer();
-    let end = bridge::bridge(ws, input, output, config.bridge).await;
-    // The output sender is gone with the bridge: the writer finishes what is queued, then stops.
+    let mut input = crate::stdio::stdin();
+    let (mut output, writer) = crate::stdio::stdout();
+    let end = bridge::bridge(ws, &mut input, &mut output, config.bridge).await;
+    drop(output);
+    // A stdout thread finishes what is queued, then stops.
     let deadline = Instant::now() + OUTPUT_DRAIN;
-    while !writer.is_finished() && Instant::now() < deadline {
+    while writer.as_ref().is_some_and(|w| !w.is_finished()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(end?)
@@ -170,7 +171,7 @@ async fn named_server_stopped(
 async fn connect_after_start(
     endpoint: &Endpoint,
     opts: &ConnectOptions,
-) -> Result<WebSocketStream<Transport>, ConnectError> {
+) -> Result<WsStream<Transport>, ConnectError> {
     let mut tries = 0;
     loop {
         match connect::connect(endpoint, opts).await {

@@ -1,73 +1,64 @@
-//! ssh's side of the tunnel: stdin and stdout as queues of chunks.
+//! ssh's side of the tunnel: stdin as an `AsyncRead`, stdout as an `AsyncWrite`.
 //!
 //! ssh hands a ProxyCommand two pipes. On unix those are read and written on the runtime's own
-//! thread (non-blocking; the pipes are ours alone), with no thread hand-off per chunk. Anything
-//! else (a terminal, a file, a socket, and everything on Windows) is served by plain threads with
-//! blocking I/O, so a terminal is never switched to non-blocking mode (which would break other
-//! programs sharing it).
+//! thread (non-blocking; the pipes are ours alone), straight from and into the pump's buffers.
+//! Anything else (a terminal, a file, a socket, and everything on Windows) is served by plain
+//! threads with blocking I/O, so a terminal is never switched to non-blocking mode (which would
+//! break other programs sharing it); chunks cross to and from those threads over channels.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
 
-/// Bytes read from stdin at once; one read becomes at most one WebSocket message.
+/// Bytes a stdin thread reads at once; one read becomes at most one WebSocket message.
 /// jupyter-server-proxy reads at most 256 KiB per message.
 pub const READ_CHUNK: usize = 256 * 1024;
 
-/// Size of the arena input chunks are cut from: more than the queue holds in flight at once.
-/// Once every chunk cut from it has been sent and dropped, the next `reserve` reuses it. A fresh
-/// zeroed buffer per read, which malloc handed back to the kernel each time, cost 400 000 page
-/// faults and 2.9 s of CPU per uploaded GiB.
-const ARENA: usize = 4 << 20;
-
-/// Chunks queued between stdio and the pump in each direction (backpressure beyond).
+/// Chunks queued between a stdio thread and the pump (backpressure beyond).
 const QUEUE: usize = 16;
 
-/// Capacity asked for the pipes ssh gives us (Linux; the default is 64 KiB, the most an
-/// unprivileged process may ask is `/proc/sys/fs/pipe-max-size`, 1 MiB by default). With 64 KiB
-/// every 64 KiB of a transfer costs a wake-up of each side; bigger pipes let one read take a
-/// whole burst.
-#[cfg(target_os = "linux")]
-const PIPE_SIZE: i32 = 1 << 20;
-
-/// Makes the pipe behind `fd` bigger, if it is a pipe: a terminal, a socket or a file is left
-/// as it is, and so is a pipe whose size cannot be raised.
-#[cfg(target_os = "linux")]
-fn grow_pipe(fd: impl std::os::fd::AsFd) {
-    use nix::fcntl::{fcntl, FcntlArg};
-    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+/// ssh's stdin.
+pub enum Input {
+    #[cfg(unix)]
+    Pipe(tokio::net::unix::pipe::Receiver),
+    Thread(ThreadReader),
 }
 
-/// Starts the stdin reader. The channel closes at EOF or on a read error.
-/// Must be called within a tokio runtime.
-pub fn stdin_reader() -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel(QUEUE);
+/// ssh's stdout.
+pub enum Output {
+    #[cfg(unix)]
+    Pipe(tokio::net::unix::pipe::Sender),
+    Thread(ThreadWriter),
+}
+
+/// stdin, read on the runtime if it is a pipe, by a thread otherwise. Must be called within a
+/// tokio runtime.
+pub fn stdin() -> Input {
     #[cfg(unix)]
     if let Some(pipe) = unix_pipes::stdin() {
-        tokio::spawn(unix_pipes::read(pipe, tx));
-        return rx;
+        return Input::Pipe(pipe);
     }
+    let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
     std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        #[cfg(target_os = "linux")]
-        grow_pipe(&stdin);
+        let stdin = io::stdin();
+        #[cfg(unix)]
+        hubssh_wire::pipes::grow(&stdin);
         let mut stdin = stdin.lock();
-        // Each read lands in one reused buffer and is copied into the arena chunks are cut from.
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut arena = BytesMut::with_capacity(ARENA);
         loop {
             match stdin.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    arena.reserve(n);
-                    arena.put_slice(&buf[..n]);
-                    let chunk = arena.split().freeze();
-                    if tx.blocking_send(chunk).is_err() {
+                    if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
                         break;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(%e, "stdin read failed");
                     break;
@@ -75,37 +66,24 @@ pub fn stdin_reader() -> mpsc::Receiver<Bytes> {
             }
         }
     });
-    rx
+    Input::Thread(ThreadReader {
+        rx,
+        current: Bytes::new(),
+    })
 }
 
-/// What writes stdout: a thread or a task.
-pub enum Writer {
-    Thread(std::thread::JoinHandle<()>),
-    Task(tokio::task::JoinHandle<()>),
-}
-
-impl Writer {
-    /// Whether everything queued has been written (or stdout was closed by its reader).
-    pub fn is_finished(&self) -> bool {
-        match self {
-            Writer::Thread(t) => t.is_finished(),
-            Writer::Task(t) => t.is_finished(),
-        }
-    }
-}
-
-/// Starts the stdout writer. It ends when the sender is dropped (after writing what was queued)
-/// or when stdout is closed by its reader. Must be called within a tokio runtime.
-pub fn stdout_writer() -> (mpsc::Sender<Bytes>, Writer) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
+/// stdout, written on the runtime if it is a pipe, by a thread otherwise. The thread's handle
+/// tells when what was queued has been written. Must be called within a tokio runtime.
+pub fn stdout() -> (Output, Option<std::thread::JoinHandle<()>>) {
     #[cfg(unix)]
     if let Some(pipe) = unix_pipes::stdout() {
-        return (tx, Writer::Task(tokio::spawn(unix_pipes::write(pipe, rx))));
+        return (Output::Pipe(pipe), None);
     }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
     let handle = std::thread::spawn(move || {
-        let stdout = std::io::stdout();
-        #[cfg(target_os = "linux")]
-        grow_pipe(&stdout);
+        let stdout = io::stdout();
+        #[cfg(unix)]
+        hubssh_wire::pipes::grow(&stdout);
         let mut stdout = stdout.lock();
         while let Some(chunk) = rx.blocking_recv() {
             if stdout
@@ -117,7 +95,113 @@ pub fn stdout_writer() -> (mpsc::Sender<Bytes>, Writer) {
             }
         }
     });
-    (tx, Writer::Thread(handle))
+    (
+        Output::Thread(ThreadWriter {
+            tx: PollSender::new(tx),
+        }),
+        Some(handle),
+    )
+}
+
+/// Chunks from the stdin thread as a byte stream; EOF when the thread ends.
+pub struct ThreadReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl AsyncRead for ThreadReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.current.is_empty() {
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(chunk) => self.current = chunk,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current[..n]);
+        self.current.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Bytes for the stdout thread; shutting down lets it finish and stop.
+pub struct ThreadWriter {
+    tx: PollSender<Bytes>,
+}
+
+fn output_gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "stdout was closed")
+}
+
+impl AsyncWrite for ThreadWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.tx.poll_reserve(cx)).map_err(|_| output_gone())?;
+        self.tx
+            .send_item(Bytes::copy_from_slice(buf))
+            .map_err(|_| output_gone())?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tx.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Input {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            #[cfg(unix)]
+            Input::Pipe(p) => Pin::new(p).poll_read(cx, buf),
+            Input::Thread(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Output {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            #[cfg(unix)]
+            Output::Pipe(p) => Pin::new(p).poll_write(cx, buf),
+            Output::Thread(t) => Pin::new(t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            #[cfg(unix)]
+            Output::Pipe(p) => Pin::new(p).poll_flush(cx),
+            Output::Thread(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            #[cfg(unix)]
+            Output::Pipe(p) => Pin::new(p).poll_shutdown(cx),
+            Output::Thread(t) => Pin::new(t).poll_shutdown(cx),
+        }
+    }
 }
 
 /// stdin and stdout as non-blocking pipes on the runtime, when they are pipes.
@@ -125,58 +209,20 @@ pub fn stdout_writer() -> (mpsc::Sender<Bytes>, Writer) {
 mod unix_pipes {
     use std::os::fd::AsFd;
 
-    use bytes::{BufMut, Bytes, BytesMut};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::unix::pipe;
-    use tokio::sync::mpsc;
-
-    use super::{ARENA, READ_CHUNK};
 
     /// stdin, if it is a pipe. `from_owned_fd` refuses anything that is not a FIFO, so a
     /// terminal is never made non-blocking; a pipe's read end is ssh's gift to us alone.
     pub fn stdin() -> Option<pipe::Receiver> {
         let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
-        #[cfg(target_os = "linux")]
-        super::grow_pipe(&fd);
+        hubssh_wire::pipes::grow(&fd);
         pipe::Receiver::from_owned_fd(fd).ok()
     }
 
     /// stdout, if it is a pipe.
     pub fn stdout() -> Option<pipe::Sender> {
         let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
-        #[cfg(target_os = "linux")]
-        super::grow_pipe(&fd);
+        hubssh_wire::pipes::grow(&fd);
         pipe::Sender::from_owned_fd(fd).ok()
-    }
-
-    /// Reads straight into the arena's spare room (no copy, no zeroing) and queues each read.
-    pub async fn read(mut pipe: pipe::Receiver, tx: mpsc::Sender<Bytes>) {
-        let mut arena = BytesMut::with_capacity(ARENA);
-        loop {
-            arena.reserve(READ_CHUNK);
-            match pipe.read_buf(&mut (&mut arena).limit(READ_CHUNK)).await {
-                Ok(0) => break,
-                Ok(_) => {
-                    if tx.send(arena.split().freeze()).await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!(%e, "stdin read failed");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Writes each queued chunk; stops when the queue closes or stdout's reader is gone.
-    pub async fn write(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
-        while let Some(chunk) = rx.recv().await {
-            if let Err(e) = pipe.write_all(&chunk).await {
-                tracing::debug!(%e, "stdout write failed");
-                break;
-            }
-        }
     }
 }

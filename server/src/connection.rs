@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -14,7 +14,7 @@ use crate::dialect::{self, Dialect};
 use crate::http;
 use crate::prefixed::Prefixed;
 use crate::read_ahead::ReadAhead;
-use crate::ws_io::{self, WsIo};
+use crate::upgrade;
 use crate::{Auth, Server};
 
 /// Serves one connection to its end. Errors are logged here: one bad client never affects others.
@@ -51,7 +51,7 @@ where
 
 async fn serve_ssh<S>(stream: S, server: &Server, keepalive: Keepalive, cancel: CancellationToken)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncBufRead + AsyncWrite + Unpin + Send + 'static,
 {
     if let Err(e) = server.backend.serve(stream, keepalive, cancel).await {
         warn!(%e, "ssh session failed");
@@ -97,18 +97,16 @@ where
             return;
         }
     }
-    let stream = Prefixed::new(head.raw, stream);
-    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(ws_io::config())).await
-    {
+    let keepalive = Keepalive::for_user_agent(head.user_agent.as_deref());
+    let ws = match upgrade::accept(stream, &head).await {
         Ok(ws) => ws,
         Err(e) => {
             warn!(%e, %path, "websocket handshake failed");
             return;
         }
     };
-    let keepalive = Keepalive::for_user_agent(head.user_agent.as_deref());
     info!(%path, ?keepalive, "websocket tunnel open");
-    serve_ssh(WsIo::new(ws), server, keepalive, cancel).await;
+    serve_ssh(ws, server, keepalive, cancel).await;
 }
 
 fn status_text(server: &Server) -> String {

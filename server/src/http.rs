@@ -27,6 +27,13 @@ pub struct Head {
     pub authorization: Option<String>,
     /// `User-Agent` header value, if any.
     pub user_agent: Option<String>,
+    /// Length of the head within `raw`: what follows are the client's first frames.
+    pub len: usize,
+    /// Whether `Connection` lists `upgrade`.
+    pub connection_upgrade: bool,
+    /// `Sec-WebSocket-Key` and `Sec-WebSocket-Version`.
+    pub ws_key: Option<String>,
+    pub ws_version: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +82,7 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     match req.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(None),
         Err(e) => Err(HeadError::Malformed(e.to_string())),
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(len)) => {
             let header = |name: &str| {
                 req.headers
                     .iter()
@@ -90,6 +97,13 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
                 upgrade,
                 authorization: header("authorization"),
                 user_agent: header("user-agent"),
+                len,
+                connection_upgrade: header("connection").is_some_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                }),
+                ws_key: header("sec-websocket-key"),
+                ws_version: header("sec-websocket-version"),
             }))
         }
     }
@@ -152,6 +166,8 @@ mod tests {
         assert!(head.upgrade);
         assert_eq!(head.authorization.as_deref(), Some("token abc"));
         assert_eq!(&head.raw[..], &req[..]);
+        assert_eq!(head.len, req.len());
+        assert!(head.connection_upgrade);
     }
 
     #[tokio::test]

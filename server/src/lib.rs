@@ -2,9 +2,9 @@
 //! socket), tells WebSocket upgrades from raw SSH, and serves SSH over them with a backend.
 //!
 //! Map: [`listener`] binds and accepts; [`connection`] handles one connection; [`dialect`] sniffs
-//! its first bytes; [`http`] reads request heads; [`ws_io`] turns a WebSocket into a byte
-//! stream; [`prefixed`] replays sniffed bytes; [`hub_auth`] checks hub tokens; [`backend`] runs
-//! the SSH server; [`state`] keeps the host key; [`pipes`] sizes the pipes to child processes.
+//! its first bytes; [`http`] reads request heads; [`upgrade`] completes WebSocket handshakes;
+//! [`prefixed`] replays sniffed bytes; [`read_ahead`] drains raw sockets; [`hub_auth`] checks hub
+//! tokens; [`backend`] runs the SSH server; [`state`] keeps the host key.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -13,11 +13,10 @@ pub mod dialect;
 pub mod http;
 pub mod hub_auth;
 pub mod listener;
-pub mod pipes;
 pub mod prefixed;
 pub mod read_ahead;
 pub mod state;
-pub mod ws_io;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;

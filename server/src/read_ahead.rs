@@ -11,8 +11,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, WriteHalf};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -25,6 +25,11 @@ const SMALL: usize = 16 * 1024;
 /// Chunks held ahead of the reader: at most `DEPTH * CHUNK` bytes per connection. Past that the
 /// task stops reading and the socket's own buffer pushes back on the sender, as before.
 const DEPTH: usize = 8;
+
+/// The buffer chunks are cut from: more than the queue holds at once, so that by the time it is
+/// used up the chunks cut from it have usually been written and dropped, and `reserve` reuses it
+/// instead of asking for fresh (page-faulting, zeroed) memory.
+const ARENA: usize = 2 * DEPTH * CHUNK;
 
 pub struct ReadAhead<S> {
     chunks: mpsc::Receiver<io::Result<Bytes>>,
@@ -40,13 +45,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ReadAhead<S> {
         let (tx, chunks) = mpsc::channel(DEPTH);
         let reader = tokio::spawn(async move {
             let mut size = SMALL;
+            let mut arena = BytesMut::new();
             loop {
-                let mut buf = BytesMut::with_capacity(size);
-                let chunk = match read.read_buf(&mut buf).await {
+                if arena.capacity() < size {
+                    arena.reserve(if size == CHUNK { ARENA } else { size });
+                }
+                let chunk = match read.read_buf(&mut (&mut arena).limit(size)).await {
                     Ok(0) => break, // EOF: the receiver sees the channel close
                     Ok(n) => {
                         size = if n >= size { CHUNK } else { SMALL.max(n) };
-                        Ok(buf.freeze())
+                        Ok(arena.split().freeze())
                     }
                     Err(e) => Err(e),
                 };
@@ -65,23 +73,31 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ReadAhead<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite> AsyncBufRead for ReadAhead<S> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.current.is_empty() {
+            match ready!(this.chunks.poll_recv(cx)) {
+                Some(Ok(chunk)) => this.current = chunk,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {} // EOF: `current` stays empty
+            }
+        }
+        Poll::Ready(Ok(&this.current))
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        self.current.advance(amt);
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite> AsyncRead for ReadAhead<S> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.current.is_empty() {
-            match ready!(self.chunks.poll_recv(cx)) {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => return Poll::Ready(Ok(())), // EOF
-            }
-        }
-        let n = self.current.len().min(buf.remaining());
-        buf.put_slice(&self.current[..n]);
-        self.current.advance(n);
-        Poll::Ready(Ok(()))
+        hubssh_wire::pump::read_from_buf(self, cx, buf)
     }
 }
 

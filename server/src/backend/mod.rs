@@ -5,7 +5,7 @@ pub mod openssh;
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 pub use embedded::Embedded;
@@ -67,7 +67,7 @@ impl Backend {
         cancel: CancellationToken,
     ) -> std::io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncBufRead + AsyncWrite + Unpin + Send + 'static,
     {
         match self {
             Backend::Embedded(b) => b.serve(stream, keepalive, cancel).await,

@@ -9,16 +9,13 @@ use std::process::Stdio;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hubssh_wire::{PumpError, PumpOptions, Pumped};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
-
-/// Copy buffer per direction. sshd writes at most 64 KiB to a pipe at once; a larger buffer
-/// lets bursts from the client go through in fewer writes.
-const COPY_BUF: usize = 256 * 1024;
 
 /// After sshd exits, how long the rest of its output may take to reach the client.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
@@ -138,7 +135,7 @@ impl OpenSsh {
         cancel: CancellationToken,
     ) -> io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncBufRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (interval, max) = keepalive.interval_and_max();
         let mut child = Command::new(&self.config.sshd)
@@ -161,17 +158,13 @@ impl OpenSsh {
             return Err(io::Error::other("sshd started without its pipes"));
         };
         tokio::spawn(forward_log(stderr).in_current_span());
-        crate::pipes::grow(&stdin);
-        crate::pipes::grow(&stdout);
+        hubssh_wire::pipes::grow(&stdin);
+        hubssh_wire::pipes::grow(&stdout);
 
         let exited = {
-            let mut sshd_io = tokio::io::join(stdout, ClosingStdin(Some(stdin)));
-            let pump = tokio::io::copy_bidirectional_with_sizes(
-                &mut stream,
-                &mut sshd_io,
-                COPY_BUF,
-                COPY_BUF,
-            );
+            let (mut stdout, mut stdin) = (stdout, ClosingStdin(Some(stdin)));
+            let pump =
+                hubssh_wire::pump(&mut stream, &mut stdout, &mut stdin, PumpOptions::default());
             tokio::pin!(pump);
             tokio::select! {
                 copied = &mut pump => {
@@ -222,10 +215,16 @@ async fn stop(child: &mut tokio::process::Child) -> io::Result<std::process::Exi
     }
 }
 
-fn log_pump(copied: io::Result<(u64, u64)>) {
-    match copied {
-        Ok((up, down)) => debug!(bytes_in = up, bytes_out = down, "connection closed"),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => warn!(%e, "connection ended"),
+fn log_pump(pumped: Result<Pumped, PumpError>) {
+    match pumped {
+        Ok(p) => debug!(
+            bytes_in = p.from_tunnel,
+            bytes_out = p.to_tunnel,
+            "connection closed"
+        ),
+        Err(PumpError::Tunnel(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            warn!(%e, "connection ended")
+        }
         Err(e) => debug!(%e, "connection ended"),
     }
 }

@@ -14,7 +14,8 @@
 //! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]
 //! [hub | sftp | ROUTES]` (`hub`: the routes through the hub only; `sftp`: SFTP through b and d
 //! only; ROUTES, e.g. `bd`: the direct route and those, nothing else). Besides MiB/s it prints
-//! the machine's CPU seconds per GiB moved.
+//! the machine's CPU seconds per GiB moved. The direct and tunnel routes take turns run by run,
+//! so drift in the machine's speed during a run weighs on all of them alike.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -94,13 +95,16 @@ fn main() {
     };
     let (transfers, sftp_too) = (!sftp_only, only.is_none() || sftp_only);
 
-    let mut all = Vec::new();
-    // The direct route is measured with any transfer: it is what the ratios are to.
+    // Every route's server runs at once and the runs take turns (a, b, ..., a, b, ...), so a
+    // machine that speeds up or slows down during the run weighs on every route alike.
+    let mut subjects: Vec<(&'static str, Env)> = Vec::new();
+    let mut direct = None;
     if transfers {
         let env = Env::new();
-        let _sshd = DirectSshd::start(&env);
-        all.push(measure("a  ssh -> sshd (loopback TCP)", &env, mib, runs));
+        direct = Some(DirectSshd::start(&env));
+        subjects.push(("a  ssh -> sshd (loopback TCP)", env));
     }
+    let mut servers = Vec::new();
     let mut sftp = Vec::new();
     for (name, backend, route) in [
         (
@@ -127,14 +131,17 @@ fn main() {
             continue;
         }
         let env = Env::new();
-        let _server = env.start(backend, route, &[]);
-        if transfers {
-            all.push(measure(name, &env, mib, runs));
-        }
+        servers.push(env.start(backend, route, &[]));
         if route == Route::Hubssh && sftp_too {
             sftp.push(measure_sftp(name, &env, env.path(), mib, runs));
         }
+        if transfers {
+            subjects.push((name, env));
+        }
     }
+    let refs: Vec<_> = subjects.iter().map(|(name, env)| (*name, env)).collect();
+    let all = measure(&refs, mib, runs);
+    drop((servers, direct));
     report(&all);
     report_sftp(&sftp);
     if only.is_some() {
@@ -205,28 +212,28 @@ fn through_the_hub(mib: usize, runs: usize) {
 
     // w and h are the comparison; x and y swap the client to show which half makes a difference.
     baseline_env.write_config_as(carol, &hubssh_to(&carol_token, carol));
-    let x = measure(
+    let x = measure_one(
         "x  ssh -> hubssh -> hub -> jupyter-sshd-proxy",
         &baseline_env,
         mib,
         runs,
     );
     baseline_env.write_config_as(carol, &websocat_to(&carol_token, carol));
-    let w = measure(
+    let w = measure_one(
         "w  ssh -> websocat -> hub -> jupyter-sshd-proxy",
         &baseline_env,
         mib,
         runs,
     );
     ours.write_keyless_config(alice, &websocat_to(&token, alice));
-    let y = measure(
+    let y = measure_one(
         "y  ssh -> websocat -> hub -> hubsshd (embedded)",
         &ours,
         mib,
         runs,
     );
     ours.write_keyless_config(alice, &hubssh_to(&token, alice));
-    let h = measure(
+    let h = measure_one(
         "h  ssh -> hubssh -> hub -> hubsshd (embedded)",
         &ours,
         mib,
@@ -374,22 +381,38 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn measure(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
-    eprintln!("measuring {name} ...");
-    env.ssh_run("true", 60).ok(); // accept the host key once
+fn measure(subjects: &[(&'static str, &Env)], mib: usize, runs: usize) -> Vec<Figures> {
     let bytes = mib << 20;
-    let up: Vec<Timed> = (0..runs).map(|_| upload(env, bytes)).collect();
-    let down: Vec<Timed> = (0..runs).map(|_| download(env, bytes)).collect();
-    let connect = median(
-        (0..runs.max(5))
-            .map(|_| {
-                let start = Instant::now();
-                procs::output(env.ssh().args(["-c", CIPHER, "hub", "true"]), 60).ok();
-                start.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect(),
-    );
-    figures(name, mib, &up, &down, connect)
+    let n = subjects.len();
+    let (mut up, mut down, mut connect) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    for (name, env) in subjects {
+        eprintln!("ready: {name}");
+        env.ssh_run("true", 60).ok(); // accept the host key once
+    }
+    for round in 0..runs {
+        for (i, (name, env)) in subjects.iter().enumerate() {
+            eprintln!("round {}/{runs}: {name}", round + 1);
+            up[i].push(upload(env, bytes));
+            down[i].push(download(env, bytes));
+        }
+    }
+    for _ in 0..runs.max(5) {
+        for (i, (_, env)) in subjects.iter().enumerate() {
+            let start = Instant::now();
+            procs::output(env.ssh().args(["-c", CIPHER, "hub", "true"]), 60).ok();
+            connect[i].push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    subjects
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| figures(name, mib, &up[i], &down[i], median(connect[i].clone())))
+        .collect()
+}
+
+/// One route on its own.
+fn measure_one(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
+    measure(&[(name, env)], mib, runs).remove(0)
 }
 
 /// Starts `ssh -c CIPHER hub REMOTE`, waits for the `go` line, and returns the child.

@@ -1,5 +1,5 @@
-//! Bigger pipes to the processes hubsshd feeds: at the default 64 KiB every 64 KiB of a transfer
-//! costs a wake-up of each side.
+//! Bigger pipes: at the default 64 KiB every 64 KiB of a transfer costs a wake-up of each side.
+//! hubssh grows the pipes ssh gives it, hubsshd the pipes to `sshd -i`.
 
 use std::os::fd::AsFd;
 
@@ -8,7 +8,8 @@ use std::os::fd::AsFd;
 #[cfg(target_os = "linux")]
 const PIPE_SIZE: i32 = 1 << 20;
 
-/// Makes the pipe behind `fd` bigger; anything else, or a pipe that cannot grow, stays as it is.
+/// Makes the pipe behind `fd` bigger; anything else (a terminal, a socket, a file), or a pipe that
+/// cannot grow, stays as it is.
 pub fn grow(fd: impl AsFd) {
     #[cfg(target_os = "linux")]
     {

@@ -1,0 +1,313 @@
+//! The byte pump between a tunnel and a local pair: ssh's stdin and stdout for hubssh, sshd's
+//! pipes for hubsshd. Tunnel bytes go out from the tunnel's own buffer (no copy); local bytes
+//! are read into one buffer and written from it.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+
+/// Most bytes read from the local input at once (one WebSocket message of 256 KiB at most).
+pub const LOCAL_READ: usize = 256 * 1024;
+
+/// Steps one direction takes before letting the other (and the rest of the runtime) run.
+const BUDGET: usize = 32;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PumpOptions {
+    /// After local input ends (and the tunnel was shut down), how long the tunnel may go on
+    /// delivering; `None` waits for its end.
+    pub linger: Option<Duration>,
+    /// End as soon as the tunnel's read side ends, without waiting for local input to end.
+    pub end_with_tunnel: bool,
+}
+
+/// Which side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    #[error("{0}")]
+    Tunnel(io::Error),
+    #[error("reading local input: {0}")]
+    Input(io::Error),
+    #[error("writing local output: {0}")]
+    Output(io::Error),
+}
+
+/// What moved, and which side ended first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pumped {
+    pub to_tunnel: u64,
+    pub from_tunnel: u64,
+    /// Local input ended before the tunnel's read side did.
+    pub input_ended_first: bool,
+}
+
+/// Local input to the tunnel.
+struct Outbound {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    eof: bool,
+    need_flush: bool,
+    done: bool,
+}
+
+impl Outbound {
+    fn poll<T, R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        tunnel: &mut T,
+        input: &mut R,
+        moved: &mut u64,
+    ) -> Poll<Result<(), PumpError>>
+    where
+        T: AsyncWrite + Unpin,
+        R: AsyncRead + Unpin,
+    {
+        for _ in 0..BUDGET {
+            if self.pos == self.cap && !self.eof {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *input).poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *tunnel).poll_flush(cx))
+                                .map_err(PumpError::Tunnel)?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Input(e))),
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        self.eof = n == 0;
+                        self.pos = 0;
+                        self.cap = n;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n =
+                    ready!(Pin::new(&mut *tunnel).poll_write(cx, &self.buf[self.pos..self.cap]))
+                        .map_err(PumpError::Tunnel)?;
+                if n == 0 {
+                    return Poll::Ready(Err(PumpError::Tunnel(io::ErrorKind::WriteZero.into())));
+                }
+                self.pos += n;
+                *moved += n as u64;
+                self.need_flush = true;
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *tunnel).poll_shutdown(cx)).map_err(PumpError::Tunnel)?;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The tunnel to local output.
+#[derive(Default)]
+struct Inbound {
+    need_flush: bool,
+    done: bool,
+}
+
+impl Inbound {
+    fn poll<T, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        tunnel: &mut T,
+        output: &mut W,
+        moved: &mut u64,
+    ) -> Poll<Result<(), PumpError>>
+    where
+        T: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        for _ in 0..BUDGET {
+            let data = match Pin::new(&mut *tunnel).poll_fill_buf(cx) {
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *output).poll_flush(cx)).map_err(PumpError::Output)?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Tunnel(e))),
+                Poll::Ready(Ok(data)) => data,
+            };
+            if data.is_empty() {
+                ready!(Pin::new(&mut *output).poll_shutdown(cx)).map_err(PumpError::Output)?;
+                return Poll::Ready(Ok(()));
+            }
+            let n =
+                ready!(Pin::new(&mut *output).poll_write(cx, data)).map_err(PumpError::Output)?;
+            if n == 0 {
+                return Poll::Ready(Err(PumpError::Output(io::ErrorKind::WriteZero.into())));
+            }
+            Pin::new(&mut *tunnel).consume(n);
+            *moved += n as u64;
+            self.need_flush = true;
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// `AsyncRead::poll_read` for a type that has its bytes in its own buffer (`AsyncBufRead`).
+pub fn read_from_buf<T: AsyncBufRead + ?Sized>(
+    mut this: Pin<&mut T>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let data = ready!(this.as_mut().poll_fill_buf(cx))?;
+    let n = data.len().min(buf.remaining());
+    buf.put_slice(&data[..n]);
+    this.consume(n);
+    Poll::Ready(Ok(()))
+}
+
+/// Moves bytes both ways until both directions end (or as `opts` says). At local input's end
+/// the tunnel is shut down (a WebSocket sends its Close); at the tunnel's end the local output
+/// is shut down.
+///
+/// # Errors
+/// The first failure of either direction, naming its side.
+pub async fn pump<T, R, W>(
+    tunnel: &mut T,
+    input: &mut R,
+    output: &mut W,
+    opts: PumpOptions,
+) -> Result<Pumped, PumpError>
+where
+    T: AsyncBufRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Outbound {
+        buf: vec![0u8; LOCAL_READ].into_boxed_slice(),
+        pos: 0,
+        cap: 0,
+        eof: false,
+        need_flush: false,
+        done: false,
+    };
+    let mut inb = Inbound::default();
+    let mut pumped = Pumped::default();
+    let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    poll_fn(|cx| {
+        if !out.done {
+            if let Poll::Ready(r) = out.poll(cx, tunnel, input, &mut pumped.to_tunnel) {
+                r?;
+                out.done = true;
+                pumped.input_ended_first = !inb.done;
+                linger = opts.linger.map(|d| Box::pin(tokio::time::sleep(d)));
+            }
+        }
+        if !inb.done {
+            if let Poll::Ready(r) = inb.poll(cx, tunnel, output, &mut pumped.from_tunnel) {
+                r?;
+                inb.done = true;
+            }
+        }
+        let ended = (inb.done && (out.done || opts.end_with_tunnel))
+            || linger
+                .as_mut()
+                .is_some_and(|l| l.as_mut().poll(cx).is_ready());
+        if ended {
+            Poll::Ready(Ok(pumped))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+
+    #[tokio::test]
+    async fn moves_both_ways_and_shuts_each_side_down() {
+        let (tunnel_near, tunnel_far) = tokio::io::duplex(64 * 1024);
+        let (mut input_far, mut input) = tokio::io::duplex(64 * 1024);
+        let (mut output, mut output_far) = tokio::io::duplex(64 * 1024);
+        let mut tunnel = BufReader::new(tunnel_near);
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (up2, down2) = (up.clone(), down.clone());
+        let far = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(tunnel_far);
+            let send = async {
+                w.write_all(&down2).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let recv = r.read_to_end(&mut got);
+            let ((), n) = tokio::join!(send, recv);
+            n.unwrap();
+            assert!(got == up2, "the tunnel got what input had");
+        });
+        let local = tokio::spawn(async move {
+            let send = async {
+                input_far.write_all(&up).await.unwrap();
+                input_far.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let recv = output_far.read_to_end(&mut got);
+            let ((), n) = tokio::join!(send, recv);
+            n.unwrap();
+            assert!(got == down, "output got what the tunnel had");
+        });
+        let pumped = pump(&mut tunnel, &mut input, &mut output, PumpOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (pumped.to_tunnel, pumped.from_tunnel),
+            (3_000_000, 2_000_000)
+        );
+        far.await.unwrap();
+        local.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn ends_with_the_tunnel_when_asked() {
+        let (tunnel_near, tunnel_far) = tokio::io::duplex(1024);
+        let (_input_far, mut input) = tokio::io::duplex(1024);
+        let (mut output, _output_far) = tokio::io::duplex(1024);
+        drop(tunnel_far);
+        let mut tunnel = BufReader::new(tunnel_near);
+        let opts = PumpOptions {
+            end_with_tunnel: true,
+            ..Default::default()
+        };
+        let pumped = pump(&mut tunnel, &mut input, &mut output, opts)
+            .await
+            .unwrap();
+        assert!(!pumped.input_ended_first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lingers_after_input_ends_then_stops() {
+        let (tunnel_near, _tunnel_far) = tokio::io::duplex(1024);
+        let (input_far, mut input) = tokio::io::duplex(1024);
+        let (mut output, _output_far) = tokio::io::duplex(1024);
+        drop(input_far);
+        let mut tunnel = BufReader::new(tunnel_near);
+        let opts = PumpOptions {
+            linger: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let started = tokio::time::Instant::now();
+        let pumped = pump(&mut tunnel, &mut input, &mut output, opts)
+            .await
+            .unwrap();
+        assert!(pumped.input_ended_first);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+}
