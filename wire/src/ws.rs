@@ -307,7 +307,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             if self.rbuf.len() < header_len + header.len as usize {
                 return Ok(false);
             }
-            self.last_received = Instant::now();
             self.handle_control(header, header_len);
             return Ok(true);
         }
@@ -335,7 +334,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             ));
         }
         self.in_message = !header.fin;
-        self.last_received = Instant::now();
         self.rbuf.advance(header_len);
         if header.len > 0 {
             self.incoming = Some(Incoming {
@@ -360,6 +358,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             cx,
             &mut limited
         ))?;
+        if n > 0 {
+            // Any byte from the peer says it is alive, even the middle of a slow frame.
+            self.last_received = Instant::now();
+        }
         self.read_size = if n >= self.read_size {
             READ_MAX
         } else {
