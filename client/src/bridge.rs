@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use hubssh_wire::{Keepalive, PumpError, PumpOptions, ReadEnd, WsStream};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Pings without any frame from the server before the connection is given up.
 pub const MISSED_PINGS: u32 = 3;
@@ -78,6 +78,10 @@ where
         end_with_tunnel: true,
     };
     let pumped = hubssh_wire::pump(&mut ws, input, output, pump_opts).await;
+    if matches!(ws.read_end(), Some(ReadEnd::Closed { .. })) {
+        // Our answer to the server's Close may still be queued.
+        let _ = tokio::time::timeout(opts.close_wait, ws.flush()).await;
+    }
     let abnormal = match ws.read_end() {
         Some(ReadEnd::Closed { code, reason }) if !normal(*code) => {
             Some(BridgeError::ClosedAbnormally {

@@ -216,7 +216,7 @@ async fn handshake(
     transport.flush().await.map_err(io)?;
 
     let mut buf = BytesMut::with_capacity(4096);
-    let (status, reason, location, accept, len) = loop {
+    let (status, reason, location, accept, upgrade, len) = loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&buf) {
@@ -233,6 +233,7 @@ async fn handshake(
                     response.reason.unwrap_or_default().to_owned(),
                     header("location"),
                     header("sec-websocket-accept"),
+                    header("upgrade"),
                     len,
                 );
             }
@@ -255,6 +256,11 @@ async fn handshake(
             &reason,
             location.as_deref(),
             opts.token.is_some(),
+        ));
+    }
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return Err(failed(
+            "the server answered 101 without upgrading to a WebSocket".into(),
         ));
     }
     if accept.as_deref() != Some(derive_accept_key(&key).as_str()) {

@@ -53,8 +53,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ReadAhead<S> {
                 let chunk = match read.read_buf(&mut (&mut arena).limit(size)).await {
                     Ok(0) => break, // EOF: the receiver sees the channel close
                     Ok(n) => {
-                        size = if n >= size { CHUNK } else { SMALL.max(n) };
-                        Ok(arena.split().freeze())
+                        let chunk = arena.split().freeze();
+                        let next = if n >= size { CHUNK } else { SMALL.max(n) };
+                        if next == SMALL && size > SMALL {
+                            // The burst is over: let the arena go with its last chunk rather
+                            // than keep megabytes for an idle session.
+                            arena = BytesMut::new();
+                        }
+                        size = next;
+                        Ok(chunk)
                     }
                     Err(e) => Err(e),
                 };

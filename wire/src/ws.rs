@@ -33,10 +33,6 @@ const READ_SMALL: usize = 16 * 1024;
 /// out at the next flush; larger ones are written at once.
 const SMALL_WRITE: usize = 16 * 1024;
 
-/// Control replies (pongs, the close echo) queued but not yet written, beyond which reading stops
-/// until they are out: a peer that pings without reading cannot grow our memory.
-const MAX_PENDING_CONTROL: usize = 64 * 1024;
-
 /// Close codes (RFC 6455 7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_PROTOCOL: u16 = 1002;
@@ -68,6 +64,9 @@ pub struct Keepalive {
 
 struct Pinger {
     ticks: Interval,
+    /// Intervals in a row without a byte from the peer, and how many make it dead.
+    missed: u32,
+    max_missed: u32,
     limit: Duration,
 }
 
@@ -91,11 +90,15 @@ pub struct WsStream<S> {
     message_len: u64,
     in_message: bool,
     read_end: Option<ReadEnd>,
-    last_received: Instant,
+    /// Whether the peer sent anything since the last keepalive tick.
+    received: bool,
     pinger: Option<Pinger>,
     /// Frames (or their tails) waiting to be written, in order.
     wbuf: BytesMut,
-    /// Control frames waiting for the outgoing data frame to end.
+    /// Control frames waiting for what is queued to go out: the answer to the peer's latest
+    /// ping (one pong, however many pings came: RFC 6455 5.5.3), our keepalive ping, our Close.
+    pong: Option<Vec<u8>>,
+    ping_due: bool,
     control: BytesMut,
     /// Payload bytes still owed to the data frame being written.
     frame_left: usize,
@@ -124,9 +127,11 @@ impl<S> WsStream<S> {
             message_len: 0,
             in_message: false,
             read_end: None,
-            last_received: Instant::now(),
+            received: false,
             pinger: None,
             wbuf: BytesMut::new(),
+            pong: None,
+            ping_due: false,
             control: BytesMut::new(),
             frame_left: 0,
             close_sent: false,
@@ -142,6 +147,8 @@ impl<S> WsStream<S> {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.pinger = Some(Pinger {
             ticks,
+            missed: 0,
+            max_missed: keepalive.missed,
             limit: keepalive.interval * keepalive.missed,
         });
     }
@@ -159,7 +166,8 @@ impl<S> WsStream<S> {
         self.rng.as_mut().map(|rng| rng.random())
     }
 
-    /// Appends a whole frame to `out`, masked if we are the client.
+    /// Appends a whole frame to the write queue (or the control queue), masked if we are the
+    /// client.
     fn put_frame(&mut self, opcode: Opcode, payload: &[u8], to_control: bool) {
         let mask = self.mask_key();
         let header = Header {
@@ -183,11 +191,6 @@ impl<S> WsStream<S> {
         }
     }
 
-    /// Queues a control frame; it goes out as soon as no data frame is half written.
-    fn queue_control(&mut self, opcode: Opcode, payload: &[u8]) {
-        self.put_frame(opcode, payload, true);
-    }
-
     /// Queues our Close (once).
     fn queue_close(&mut self, code: u16, reason: &str) {
         if self.close_sent {
@@ -197,15 +200,23 @@ impl<S> WsStream<S> {
         let mut payload = code.to_be_bytes().to_vec();
         let reason = reason.as_bytes();
         payload.extend_from_slice(&reason[..reason.len().min(MAX_CONTROL - 2)]);
-        self.queue_control(Opcode::Close, &payload);
+        self.put_frame(Opcode::Close, &payload, true);
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
-    /// Writes out queued frames. Control frames join the queue only between data frames.
+    /// Writes out queued frames. Control frames join the queue between data frames, once what
+    /// was queued before has gone out: a peer that pings and never reads gets one pong for its
+    /// latest ping, and our memory does not grow.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if self.frame_left == 0 && !self.control.is_empty() {
+            if self.frame_left == 0 && self.wbuf.is_empty() {
+                if let Some(payload) = self.pong.take() {
+                    self.put_frame(Opcode::Pong, &payload, false);
+                }
+                if std::mem::take(&mut self.ping_due) {
+                    self.put_frame(Opcode::Ping, b"", false);
+                }
                 let control = self.control.split();
                 self.wbuf.unsplit(control);
             }
@@ -220,31 +231,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
     }
 
-    /// Sends a ping if one is due; fails once the peer has been silent too long.
-    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    /// At each keepalive tick: a ping, or the end once the peer has been silent for the allowed
+    /// number of intervals in a row. Called only while waiting for the peer with nothing left
+    /// to read, so time we spent not reading (our output stalled) is never the peer's fault.
+    /// `Ok(true)` when a ping was queued.
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         let Some(pinger) = self.pinger.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut due = false;
         while pinger.ticks.poll_tick(cx).is_ready() {
             due = true;
         }
-        if !due {
-            return Ok(());
+        if !due || self.close_sent {
+            return Ok(false);
         }
-        let limit = pinger.limit;
-        if !self.rbuf.is_empty() {
-            // The peer's bytes are waiting for us to read them: it is alive, we are slow.
-            self.last_received = Instant::now();
-        }
-        if self.last_received.elapsed() > limit {
+        pinger.missed = if std::mem::take(&mut self.received) {
+            0
+        } else {
+            pinger.missed + 1
+        };
+        if pinger.missed >= pinger.max_missed {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no answer for {} s", limit.as_secs()),
+                format!("no answer for {} s", pinger.limit.as_secs()),
             ));
         }
-        self.queue_control(Opcode::Ping, b"");
-        Ok(())
+        self.ping_due = true;
+        Ok(true)
     }
 
     /// Acts on a whole control frame at the head of `rbuf`.
@@ -258,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
         self.rbuf.advance(header_len + len);
         match header.opcode {
-            Opcode::Ping if !self.close_sent => self.queue_control(Opcode::Pong, payload),
+            Opcode::Ping if !self.close_sent => self.pong = Some(payload.to_vec()),
             Opcode::Close => {
                 let (code, reason) = match *payload {
                     [a, b, ref rest @ ..] => (
@@ -267,8 +281,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     ),
                     _ => (1005, String::new()),
                 };
-                // Echo the code, as RFC 6455 5.5.1 asks; 1005 itself is never sent.
-                let echo = if code == 1005 { CLOSE_NORMAL } else { code };
+                // Echo the code, as RFC 6455 5.5.1 asks, if it is one that may be sent.
+                let echo = match code {
+                    1005 => CLOSE_NORMAL,
+                    1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+                    _ => CLOSE_PROTOCOL,
+                };
                 self.queue_close(echo, "");
                 self.read_end = Some(ReadEnd::Closed { code, reason });
             }
@@ -306,6 +324,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         if header.opcode.is_control() {
             if self.rbuf.len() < header_len + header.len as usize {
                 return Ok(false);
+            }
+            if header.opcode == Opcode::Close && header.len == 1 {
+                return Err(self.fail(
+                    cx,
+                    CLOSE_PROTOCOL,
+                    "websocket protocol error: a close frame with a 1-byte payload".into(),
+                ));
             }
             self.handle_control(header, header_len);
             return Ok(true);
@@ -358,10 +383,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             cx,
             &mut limited
         ))?;
-        if n > 0 {
-            // Any byte from the peer says it is alive, even the middle of a slow frame.
-            self.last_received = Instant::now();
-        }
+        // Any byte from the peer says it is alive, even the middle of a slow frame.
+        self.received |= n > 0;
         self.read_size = if n >= self.read_size {
             READ_MAX
         } else {
@@ -375,13 +398,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for WsStream<S> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         while this.ready == 0 && this.read_end.is_none() {
-            // Pongs and the close echo go out whenever we are asked for input.
-            match this.poll_drain(cx) {
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if this.control.len() > MAX_PENDING_CONTROL => return Poll::Pending,
-                _ => {}
+            // Pongs, pings and the close echo go out whenever we are asked for input.
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
             }
-            this.poll_keepalive(cx)?;
             if let Some(incoming) = this.incoming.as_mut() {
                 if !this.rbuf.is_empty() {
                     let n = (this.rbuf.len() as u64).min(incoming.left) as usize;
@@ -399,8 +419,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for WsStream<S> {
             } else if this.next_header(cx)? {
                 continue;
             }
-            if !ready!(this.poll_read_more(cx))? {
-                this.read_end = Some(ReadEnd::Lost);
+            match this.poll_read_more(cx) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => this.read_end = Some(ReadEnd::Lost),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if this.poll_keepalive(cx)? {
+                        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
         }
         if this.read_end.is_some() {
@@ -697,30 +727,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn keepalive_pings_and_declares_a_silent_peer_dead() {
+    async fn keepalive_pings_on_time_and_declares_a_silent_peer_dead() {
         let (mut ours, mut peer) = pair(Role::Client, 1024).await;
         ours.set_keepalive(Keepalive {
             interval: Duration::from_secs(30),
             missed: 3,
         });
+        let started = tokio::time::Instant::now();
         let reader = tokio::spawn(async move {
             let mut byte = [0u8; 1];
             let err = ours.read_exact(&mut byte).await.unwrap_err();
             (err, tokio::time::Instant::now())
         });
-        // The peer sees pings while it reads, and answers none of them.
-        let started = tokio::time::Instant::now();
+        // The first ping leaves at the first interval; the peer reads it and answers nothing.
         assert!(matches!(
             peer.next().await.unwrap().unwrap(),
             Message::Ping(_)
         ));
+        assert_eq!(started.elapsed().as_secs(), 30);
         let (err, at) = reader.await.unwrap();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(err.to_string(), "no answer for 90 s");
+        assert_eq!((at - started).as_secs(), 90);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_pings_and_never_reads_gets_one_pong_not_a_queue() {
+        let (a, mut b) = tokio::io::duplex(4096);
+        let mut ours = WsStream::new(a, Role::Server, b"", LIMIT);
+        let flood = tokio::spawn(async move {
+            let mut ping = vec![0x89, 0x80 | MAX_CONTROL as u8, 0, 0, 0, 0];
+            ping.extend_from_slice(&[b'p'; MAX_CONTROL]);
+            for _ in 0..2000 {
+                b.write_all(&ping).await.unwrap();
+            }
+            b
+        });
+        // Nothing but pings: reading waits, answering what it can.
+        let waited = tokio::time::timeout(Duration::from_secs(1), ours.read_u8()).await;
+        assert!(waited.is_err(), "no data arrives");
+        let _b = flood.await.unwrap();
         assert!(
-            at - started <= Duration::from_secs(120),
-            "{:?}",
-            at - started
+            ours.wbuf.len() <= MAX_HEADER + MAX_CONTROL,
+            "{} bytes queued",
+            ours.wbuf.len()
         );
     }
 }
