@@ -82,19 +82,18 @@ where
         // Our answer to the server's Close may still be queued.
         let _ = tokio::time::timeout(opts.close_wait, ws.flush()).await;
     }
-    let abnormal = match ws.read_end() {
+    // An abnormal Close is the answer, however the pump ended.
+    let closed_normally = match ws.read_end() {
         Some(ReadEnd::Closed { code, reason }) if !normal(*code) => {
-            Some(BridgeError::ClosedAbnormally {
+            return Err(BridgeError::ClosedAbnormally {
                 code: *code,
                 reason: reason.clone(),
             })
         }
-        _ => None,
+        Some(ReadEnd::Closed { .. }) => true,
+        _ => false,
     };
-    let closed_normally =
-        matches!(ws.read_end(), Some(ReadEnd::Closed { code, .. }) if normal(*code));
     match pumped {
-        _ if abnormal.is_some() => Err(abnormal.unwrap_or(BridgeError::Lost(String::new()))),
         Ok(p) if p.input_ended_first => Ok(BridgeEnd::InputClosed),
         Ok(_) if closed_normally => Ok(BridgeEnd::ServerClosed),
         Ok(_) => Err(BridgeError::Lost(

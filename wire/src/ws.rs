@@ -158,10 +158,6 @@ impl<S> WsStream<S> {
         self.read_end.as_ref()
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
     fn mask_key(&mut self) -> Option<[u8; 4]> {
         self.rng.as_mut().map(|rng| rng.random())
     }
