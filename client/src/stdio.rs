@@ -81,10 +81,7 @@ pub fn stdout() -> (Output, Option<std::thread::JoinHandle<()>>) {
     }
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
     let handle = std::thread::spawn(move || {
-        let stdout = io::stdout();
-        #[cfg(unix)]
-        hubssh_wire::pipes::grow(&stdout);
-        let mut stdout = stdout.lock();
+        let mut stdout = io::stdout().lock();
         while let Some(chunk) = rx.blocking_recv() {
             if stdout
                 .write_all(&chunk)
@@ -222,7 +219,6 @@ mod unix_pipes {
     /// stdout, if it is a pipe.
     pub fn stdout() -> Option<pipe::Sender> {
         let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
-        hubssh_wire::pipes::grow(&fd);
         pipe::Sender::from_owned_fd(fd).ok()
     }
 }

@@ -1,5 +1,11 @@
-//! Bigger pipes: at the default 64 KiB every 64 KiB of a transfer costs a wake-up of each side.
-//! hubssh grows the pipes ssh gives it, hubsshd the pipes to `sshd -i`.
+//! Bigger pipes for what OpenSSH writes to us: at the default 64 KiB, ssh (or sshd), the busiest
+//! process of a transfer, is woken for every 64 KiB it has left to write. hubssh grows ssh's stdin,
+//! hubsshd the stdout of `sshd -i`.
+//!
+//! The pipes we write into OpenSSH keep their default size: measured on a 2-core machine, a 1 MiB
+//! pipe there cost 10-15% of the throughput in that direction (OpenSSH then takes in up to 256 KiB
+//! at a time, data cooler in cache, and the relay runs further ahead of it), so a grown pipe pays
+//! only where we are the reader.
 
 use std::os::fd::AsFd;
 

@@ -158,7 +158,6 @@ impl OpenSsh {
             return Err(io::Error::other("sshd started without its pipes"));
         };
         tokio::spawn(forward_log(stderr).in_current_span());
-        hubssh_wire::pipes::grow(&stdin);
         hubssh_wire::pipes::grow(&stdout);
 
         let exited = {
