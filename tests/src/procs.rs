@@ -51,39 +51,73 @@ pub fn spawn_captured(cmd: &mut Command) -> Child {
 }
 
 /// Waits for a child with captured stdout/stderr; kills it and panics after `secs`.
-pub fn wait(mut child: Child, secs: u64, what: &str) -> Finished {
+pub fn wait(child: Child, secs: u64, what: &str) -> Finished {
+    wait_within(child, secs).unwrap_or_else(|overdue| {
+        panic!(
+            "{what} did not finish within {secs} s; stderr: {}",
+            String::from_utf8_lossy(&overdue.stderr)
+        )
+    })
+}
+
+/// A command killed for passing its deadline, with what it had said on stderr.
+#[derive(Debug)]
+pub struct Overdue {
+    pub stderr: Vec<u8>,
+}
+
+/// Like [`output`], but a command that passes `secs` is killed and returned as [`Overdue`]
+/// instead of panicking (for the benchmark, which reports a hung route and goes on).
+pub fn output_within(cmd: &mut Command, secs: u64) -> Result<Finished, Overdue> {
+    cmd.stdin(Stdio::null());
+    wait_within(spawn_captured(cmd), secs)
+}
+
+/// Waits for a child with captured stdout/stderr; kills it after `secs`.
+pub fn wait_within(mut child: Child, secs: u64) -> Result<Finished, Overdue> {
     let start = Instant::now();
     let out = child.stdout.take().map(drain);
     let err = child.stderr.take().map(drain);
     let deadline = start + Duration::from_secs(secs);
+    let joined = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+    };
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            kill_tree(&mut child);
             let _ = child.wait();
-            let stderr = err
-                .map(|h| h.join().unwrap_or_default())
-                .unwrap_or_default();
-            panic!(
-                "{what} did not finish within {secs} s; stderr: {}",
-                String::from_utf8_lossy(&stderr)
-            );
+            // A descendant that outlived the kill may hold stderr open: wait for it briefly.
+            let err = err.filter(|h| wait_until(2, || h.is_finished()));
+            return Err(Overdue {
+                stderr: joined(err),
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     let elapsed = start.elapsed();
-    Finished {
+    Ok(Finished {
         status,
-        stdout: out
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default(),
-        stderr: err
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default(),
+        stdout: joined(out),
+        stderr: joined(err),
         elapsed,
+    })
+}
+
+/// Kills `child`, and its whole process group if it leads one (as the benchmark's commands do,
+/// so that a ProxyCommand does not outlive its ssh).
+pub fn kill_tree(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: plain syscalls on a pid we have not reaped yet, so it is still our child's.
+        unsafe {
+            if libc::getpgid(pid) == pid {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
     }
+    let _ = child.kill();
 }
 
 fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {

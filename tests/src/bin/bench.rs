@@ -19,14 +19,25 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::procs;
 
 /// The cipher every route uses, so the tunnel is the only difference.
 const CIPHER: &str = "aes128-gcm@openssh.com";
+
+/// Seconds one transfer may take before it counts as hung, is killed, and the run goes on
+/// (`HUBSSH_BENCH_LIMIT` overrides).
+fn limit() -> u64 {
+    std::env::var("HUBSSH_BENCH_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
 
 struct Figures {
     name: &'static str,
@@ -38,6 +49,9 @@ struct Figures {
     up_cpu: f64,
     down_cpu: f64,
     connect_ms: f64,
+    /// Transfers (either way) that failed or passed [`limit`]; the medians leave them out.
+    lost: usize,
+    runs: usize,
 }
 
 /// One timed transfer: wall seconds and machine-wide CPU seconds.
@@ -280,45 +294,85 @@ fn measure_sftp(
     let sftp = |batch: String| {
         let file = env.path().join("batch");
         std::fs::write(&file, batch).expect("batch");
-        timed(|| {
-            procs::output(
+        let mut failed = None;
+        let time = timed(|| {
+            let run = procs::output_within(
                 Command::new("sftp")
                     .arg("-F")
                     .arg(&env.config)
                     .args(["-c", CIPHER, "-b"])
                     .arg(&file)
-                    .arg("hub"),
-                300,
-            )
-            .ok();
-        })
+                    .arg("hub")
+                    .process_group(0),
+                limit(),
+            );
+            failed = match run {
+                Ok(done) if done.status.success() => None,
+                Ok(done) => Some(format!("failed: {}", done.stderr_text().trim())),
+                Err(_) => Some(format!("hung: killed after {} s", limit())),
+            };
+        });
+        match failed {
+            None => Some(time),
+            Some(why) => {
+                eprintln!("  sftp through {name} {why}");
+                None
+            }
+        }
     };
-    let put: Vec<Timed> = (0..runs)
+    let put: Vec<_> = (0..runs)
         .map(|_| sftp(format!("put {} {}\n", src.display(), there.display())))
         .collect();
-    let get: Vec<Timed> = (0..runs)
+    let get: Vec<_> = (0..runs)
         .map(|_| sftp(format!("get {} {}\n", there.display(), back.display())))
         .collect();
-    figures(name, mib, &put, &get, 0.0)
+    figures(name, mib, &put, &get, f64::NAN)
 }
 
-/// Figures from timed transfers of `mib` each: medians of rates and of CPU per GiB.
+/// Figures from timed transfers of `mib` each (`None`: failed or hung): medians of rates and of
+/// CPU per GiB over the transfers that finished.
 fn figures(
     name: &'static str,
     mib: usize,
-    up: &[Timed],
-    down: &[Timed],
+    up: &[Option<Timed>],
+    down: &[Option<Timed>],
     connect_ms: f64,
 ) -> Figures {
+    let done = |v: &[Option<Timed>]| v.iter().flatten().copied().collect::<Vec<_>>();
+    let (up_done, down_done) = (done(up), done(down));
     let per_gib = |v: &[Timed]| median(v.iter().map(|t| t.cpu).collect()) * 1024.0 / mib as f64;
     let rate = |v: &[Timed]| mib as f64 / median(v.iter().map(|t| t.secs).collect());
     Figures {
         name,
-        up: rate(up),
-        down: rate(down),
-        up_cpu: per_gib(up),
-        down_cpu: per_gib(down),
+        up: rate(&up_done),
+        down: rate(&down_done),
+        up_cpu: per_gib(&up_done),
+        down_cpu: per_gib(&down_done),
         connect_ms,
+        lost: up.len() + down.len() - up_done.len() - down_done.len(),
+        runs: up.len(),
+    }
+}
+
+/// A figure for the table: `-` where no transfer finished.
+fn cell(v: f64, width: usize, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:>width$.decimals$}")
+    } else {
+        format!("{:>width$}", "-")
+    }
+}
+
+/// Under a table, the routes whose transfers did not all finish.
+fn report_lost(all: &[Figures]) {
+    for f in all.iter().filter(|f| f.lost > 0) {
+        println!(
+            "  {}: {} of {} transfers failed or hung (killed after {} s); left out above",
+            f.name,
+            f.lost,
+            2 * f.runs,
+            limit()
+        );
     }
 }
 
@@ -336,16 +390,17 @@ fn report_sftp(all: &[Figures]) {
     );
     for f in all {
         println!(
-            "{:<44} {:>9.0} {:>9.0} {:>7.2} {:>7.2} {:>12.2} {:>8.2}",
+            "{:<44} {} {} {} {} {} {}",
             f.name,
-            f.up,
-            f.down,
-            f.up / base.up,
-            f.down / base.down,
-            f.up_cpu,
-            f.down_cpu
+            cell(f.up, 9, 0),
+            cell(f.down, 9, 0),
+            cell(f.up / base.up, 7, 2),
+            cell(f.down / base.down, 7, 2),
+            cell(f.up_cpu, 12, 2),
+            cell(f.down_cpu, 8, 2)
         );
     }
+    report_lost(all);
 }
 
 /// hubsshd's resident memory growth per idle SSH session (embedded backend).
@@ -392,15 +447,21 @@ fn measure(subjects: &[(&'static str, &Env)], mib: usize, runs: usize) -> Vec<Fi
     for round in 0..runs {
         for (i, (name, env)) in subjects.iter().enumerate() {
             eprintln!("round {}/{runs}: {name}", round + 1);
-            up[i].push(upload(env, bytes));
-            down[i].push(download(env, bytes));
+            up[i].push(upload(name, env, bytes));
+            down[i].push(download(name, env, bytes));
         }
     }
     for _ in 0..runs.max(5) {
-        for (i, (_, env)) in subjects.iter().enumerate() {
+        for (i, (name, env)) in subjects.iter().enumerate() {
             let start = Instant::now();
-            procs::output(env.ssh().args(["-c", CIPHER, "hub", "true"]), 60).ok();
-            connect[i].push(start.elapsed().as_secs_f64() * 1000.0);
+            let mut ssh = env.ssh();
+            ssh.args(["-c", CIPHER, "hub", "true"]).process_group(0);
+            match procs::output_within(&mut ssh, limit().min(60)) {
+                Ok(done) if done.status.success() => {
+                    connect[i].push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+                _ => eprintln!("  ssh hub true through {name} failed or hung"),
+            }
         }
     }
     subjects
@@ -415,61 +476,155 @@ fn measure_one(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figure
     measure(&[(name, env)], mib, runs).remove(0)
 }
 
-/// Starts `ssh -c CIPHER hub REMOTE`, waits for the `go` line, and returns the child.
-fn start(env: &Env, remote: &str, stdin: Stdio) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = env
-        .ssh()
-        .args(["-c", CIPHER, "hub", remote])
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("ssh");
-    let mut out = BufReader::with_capacity(1 << 20, child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("go line");
-    assert_eq!(line, "go\n", "unexpected first line from the remote");
-    (child, out)
+/// Kills a transfer's ssh, with its process group (the ProxyCommand too), when it passes
+/// [`limit`]: a hung route then ends with an error instead of stalling the benchmark.
+struct Watchdog {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    fn arm(child: &Child) -> Watchdog {
+        let pid = i32::try_from(child.id()).expect("pid");
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let fired = matches!(
+                stopped.recv_timeout(Duration::from_secs(limit())),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            );
+            if fired {
+                // SAFETY: a plain syscall; the child leads its own group and is not reaped yet
+                // (the thread that would reap it is stuck in its transfer).
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            fired
+        });
+        Watchdog { stop, thread }
+    }
+
+    /// Stops the watch; whether it had fired.
+    fn disarm(self) -> bool {
+        drop(self.stop);
+        self.thread.join().unwrap_or(false)
+    }
+}
+
+/// A transfer in progress: ssh running REMOTE, past its `go` line, under a watchdog.
+struct Transfer {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    dog: Watchdog,
+}
+
+impl Transfer {
+    /// Starts `ssh -c CIPHER hub REMOTE` and waits for the `go` line.
+    fn start(env: &Env, remote: &str, stdin: Stdio) -> Result<Transfer, String> {
+        let mut child = env
+            .ssh()
+            .args(["-c", CIPHER, "hub", remote])
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot run ssh: {e}"))?;
+        let dog = Watchdog::arm(&child);
+        let out = BufReader::with_capacity(1 << 20, child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let mut transfer = Transfer { child, out, dog };
+        match transfer.out.read_line(&mut line) {
+            Ok(_) if line == "go\n" => Ok(transfer),
+            _ => Err(transfer.end(Err(format!("did not start (first line {line:?})")))),
+        }
+    }
+
+    /// Waits for ssh; the transfer's outcome, with a hang or a failed exit taking precedence.
+    fn end(mut self, moved: Result<(), String>) -> String {
+        let status = self.child.wait();
+        let hung = self.dog.disarm();
+        if hung {
+            return format!("hung: killed after {} s", limit());
+        }
+        match (moved, status) {
+            (Err(e), _) => e,
+            (Ok(()), Ok(status)) if !status.success() => format!("ssh failed: {status}"),
+            (Ok(()), Err(e)) => format!("ssh: {e}"),
+            (Ok(()), Ok(_)) => String::new(),
+        }
+    }
+}
+
+/// Runs one transfer; `None` (with the reason on stderr) if it failed or hung.
+fn transfer(
+    route: &str,
+    what: &str,
+    env: &Env,
+    remote: &str,
+    stdin: Stdio,
+    work: impl FnOnce(&mut Transfer) -> Result<(), String>,
+) -> Option<Timed> {
+    eprintln!("  {what}");
+    // The clock starts at the `go` line: connecting is measured on its own.
+    let mut t = match Transfer::start(env, remote, stdin) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("  {what} through {route}: {e}");
+            return None;
+        }
+    };
+    let mut outcome = String::new();
+    let time = timed(|| {
+        let moved = work(&mut t);
+        outcome = t.end(moved);
+    });
+    if outcome.is_empty() {
+        Some(time)
+    } else {
+        eprintln!("  {what} through {route}: {outcome}");
+        None
+    }
 }
 
 /// Time to push `bytes` into `cat > /dev/null` on the far side.
-fn upload(env: &Env, bytes: usize) -> Timed {
-    eprintln!("  upload {} MiB", bytes >> 20);
-    let (mut child, _out) = start(env, "echo go; cat > /dev/null", Stdio::piped());
-    let mut stdin = child.stdin.take().expect("stdin");
-    let buf = vec![0x5au8; 1 << 20];
-    timed(|| {
+fn upload(route: &str, env: &Env, bytes: usize) -> Option<Timed> {
+    let what = format!("upload {} MiB", bytes >> 20);
+    let remote = "echo go; cat > /dev/null";
+    transfer(route, &what, env, remote, Stdio::piped(), |t| {
+        let mut stdin = t.child.stdin.take().expect("stdin");
+        let buf = vec![0x5au8; 1 << 20];
         for _ in 0..bytes / buf.len() {
-            stdin.write_all(&buf).expect("upload");
+            stdin.write_all(&buf).map_err(|e| format!("upload: {e}"))?;
         }
-        drop(stdin);
-        assert!(child.wait().expect("wait").success(), "upload failed");
+        Ok(())
     })
 }
 
 /// Time to pull `bytes` from `head -c` on the far side.
-fn download(env: &Env, bytes: usize) -> Timed {
-    eprintln!("  download {} MiB", bytes >> 20);
+fn download(route: &str, env: &Env, bytes: usize) -> Option<Timed> {
+    let what = format!("download {} MiB", bytes >> 20);
     let remote = format!("echo go; head -c {bytes} /dev/zero");
-    let (mut child, mut out) = start(env, &remote, Stdio::null());
-    let mut buf = vec![0u8; 1 << 20];
-    timed(|| {
+    transfer(route, &what, env, &remote, Stdio::null(), |t| {
+        let mut buf = vec![0u8; 1 << 20];
         let mut total = 0;
         loop {
-            let n = out.read(&mut buf).expect("download");
-            if n == 0 {
-                break;
+            match t.out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => return Err(format!("download: {e}")),
             }
-            total += n;
         }
-        assert!(child.wait().expect("wait").success(), "download failed");
-        assert_eq!(total, bytes, "short download");
+        if total == bytes {
+            Ok(())
+        } else {
+            Err(format!("short download: {total} of {bytes} bytes"))
+        }
     })
 }
 
+/// The median; NaN for no values.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn report(all: &[Figures]) {
@@ -488,18 +643,19 @@ fn report(all: &[Figures]) {
     );
     for f in all {
         println!(
-            "{:<44} {:>9.0} {:>9.0} {:>10.0} {:>7.2} {:>7.2} {:>9.2} {:>12.2} {:>8.2}",
+            "{:<44} {} {} {} {} {} {} {} {}",
             f.name,
-            f.up,
-            f.down,
-            f.connect_ms,
-            f.up / base.up,
-            f.down / base.down,
-            f.connect_ms / base.connect_ms,
-            f.up_cpu,
-            f.down_cpu
+            cell(f.up, 9, 0),
+            cell(f.down, 9, 0),
+            cell(f.connect_ms, 10, 0),
+            cell(f.up / base.up, 7, 2),
+            cell(f.down / base.down, 7, 2),
+            cell(f.connect_ms / base.connect_ms, 9, 2),
+            cell(f.up_cpu, 12, 2),
+            cell(f.down_cpu, 8, 2)
         );
     }
+    report_lost(all);
 }
 
 /// OpenSSH sshd listening on a loopback port: the no-tunnel baseline.
