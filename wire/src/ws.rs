@@ -36,6 +36,7 @@ const SMALL_WRITE: usize = 16 * 1024;
 /// Close codes (RFC 6455 7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Which end of the handshake we are: clients mask what they send, servers must not.
@@ -271,18 +272,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             Opcode::Ping if !self.close_sent => self.pong = Some(payload.to_vec()),
             Opcode::Close => {
                 let (code, reason) = match *payload {
-                    [a, b, ref rest @ ..] => (
-                        u16::from_be_bytes([a, b]),
-                        String::from_utf8_lossy(rest).into_owned(),
-                    ),
-                    _ => (1005, String::new()),
+                    [a, b, ref rest @ ..] => (u16::from_be_bytes([a, b]), rest),
+                    _ => (1005, &[][..]),
                 };
-                // Echo the code, as RFC 6455 5.5.1 asks, if it is one that may be sent.
+                // Echo the code, as RFC 6455 5.5.1 asks, if it is one that may be sent; a reason
+                // that is not UTF-8 is invalid data (7.4.1).
                 let echo = match code {
+                    _ if std::str::from_utf8(reason).is_err() => CLOSE_INVALID_DATA,
                     1005 => CLOSE_NORMAL,
                     1000..=1003 | 1007..=1014 | 3000..=4999 => code,
                     _ => CLOSE_PROTOCOL,
                 };
+                let reason = String::from_utf8_lossy(reason).into_owned();
                 self.queue_close(echo, "");
                 self.read_end = Some(ReadEnd::Closed { code, reason });
             }
@@ -549,7 +550,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     }
 
     /// Sends our Close (the peer answers with its own, which ends reading). The transport itself
-    /// stays open for that answer; dropping the stream closes it.
+    /// stays open for that answer; dropping the stream closes it. A caller that stops in the
+    /// middle of a frame's payload (the pump never does) gets no Close: none may follow a frame
+    /// cut short, so only what was queued is flushed.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.frame_left == 0 {
@@ -714,6 +717,24 @@ mod tests {
         assert!(err.to_string().contains("over 4 MiB"), "{err}");
         b.read_exact(&mut close).await.unwrap();
         assert_eq!(close, [0x88, 0x02, 0x03, 0xF1], "close 1009");
+
+        // A Close whose reason is not UTF-8: the echo says 1007, reading ends with the close.
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut ours = WsStream::new(a, Role::Server, b"", LIMIT);
+        b.write_all(&[0x88, 0x83, 0, 0, 0, 0, 0x03, 0xE8, 0xFF])
+            .await
+            .unwrap();
+        assert_eq!(
+            ours.read_u8().await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        assert!(
+            matches!(ours.read_end(), Some(ReadEnd::Closed { code: 1000, .. })),
+            "{:?}",
+            ours.read_end()
+        );
+        b.read_exact(&mut close).await.unwrap();
+        assert_eq!(close, [0x88, 0x02, 0x03, 0xEF], "close 1007");
     }
 
     #[tokio::test]
