@@ -371,7 +371,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         // Room for a read and the partial header or control frame before it, so the buffer is
         // reused rather than grown.
-        self.rbuf.reserve(self.read_size + MAX_HEADER + MAX_CONTROL);
+        let room = self.read_size + MAX_HEADER + MAX_CONTROL;
+        self.rbuf.reserve(room);
+        if self.read_size == READ_SMALL && self.rbuf.capacity() > 4 * room {
+            // A burst is over: give its big buffer back, so an idle session keeps a small one.
+            let mut small = BytesMut::with_capacity(room + self.rbuf.len());
+            small.extend_from_slice(&self.rbuf);
+            self.rbuf = small;
+        }
         let before = self.rbuf.len();
         let room = self.rbuf.capacity() - before;
         let mut limited = (&mut self.rbuf).limit(room.min(self.read_size));
@@ -735,6 +742,29 @@ mod tests {
         );
         b.read_exact(&mut close).await.unwrap();
         assert_eq!(close, [0x88, 0x02, 0x03, 0xEF], "close 1007");
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_shrinks_back_when_a_burst_ends() {
+        let (mut ours, mut peer) = pair(Role::Server, 1 << 20).await;
+        peer.send(Message::binary(pattern(512 << 10)))
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 512 << 10];
+        ours.read_exact(&mut got).await.unwrap();
+        assert_eq!(ours.read_size, READ_MAX, "big reads for a burst");
+        let mut two = [0u8; 2];
+        for msg in [b"ab", b"cd"] {
+            peer.send(Message::binary(msg.to_vec())).await.unwrap();
+            ours.read_exact(&mut two).await.unwrap();
+            assert_eq!(&two, msg);
+        }
+        let small = READ_SMALL + MAX_HEADER + MAX_CONTROL;
+        assert!(
+            ours.rbuf.capacity() <= 4 * small,
+            "an idle stream keeps {} bytes",
+            ours.rbuf.capacity()
+        );
     }
 
     #[tokio::test]
