@@ -2,7 +2,7 @@
 //!
 //! Map: [`frame`] parses and writes WebSocket frame headers and masks payloads; [`ws`] turns a
 //! WebSocket (after its handshake) into a byte stream; [`pump`] moves bytes between a tunnel and
-//! a local pair; [`pipes`] grows the pipes either side reads and writes (unix).
+//! a local pair; [`pipes`] grows the pipes OpenSSH writes into (unix).
 #![forbid(unsafe_code)]
 
 pub mod frame;

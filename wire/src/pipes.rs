@@ -1,6 +1,6 @@
 //! Bigger pipes for what OpenSSH writes to us: at the default 64 KiB, ssh (or sshd), the busiest
-//! process of a transfer, is woken for every 64 KiB it has left to write. hubssh grows ssh's stdin,
-//! hubsshd the stdout of `sshd -i`.
+//! process of a transfer, is woken for every 64 KiB it has left to write. hubssh grows its stdin
+//! (the pipe ssh writes into), hubsshd the stdout of `sshd -i`.
 //!
 //! The pipes we write into OpenSSH keep their default size: measured on a 2-core machine, a 1 MiB
 //! pipe there cost 10-15% of the throughput in that direction (OpenSSH then takes in up to 256 KiB

@@ -29,6 +29,10 @@ const READ_MAX: usize = 256 * 1024;
 /// Read size while reads do not fill it: an idle session waits on a small buffer.
 const READ_SMALL: usize = 16 * 1024;
 
+/// How long after its last big read a stream gives its big read buffer back. Reads around 16 KiB
+/// (a TLS record each) flip the read size often during a transfer; the buffer must outlive that.
+const KEEP_BIG_BUFFER: Duration = Duration::from_secs(2);
+
 /// Writes up to this size are gathered in the write buffer (header and payload together) and go
 /// out at the next flush; larger ones are written at once.
 const SMALL_WRITE: usize = 16 * 1024;
@@ -87,6 +91,8 @@ pub struct WsStream<S> {
     ready: usize,
     incoming: Option<Incoming>,
     read_size: usize,
+    /// When a read last filled a small read (bytes in bulk).
+    last_big_read: Instant,
     /// Length so far of the message being read, and whether continuation frames may follow.
     message_len: u64,
     in_message: bool,
@@ -125,6 +131,7 @@ impl<S> WsStream<S> {
             ready: 0,
             incoming: None,
             read_size: READ_SMALL,
+            last_big_read: Instant::now(),
             message_len: 0,
             in_message: false,
             read_end: None,
@@ -371,11 +378,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         // Room for a read and the partial header or control frame before it, so the buffer is
         // reused rather than grown.
-        let room = self.read_size + MAX_HEADER + MAX_CONTROL;
-        self.rbuf.reserve(room);
-        if self.read_size == READ_SMALL && self.rbuf.capacity() > 4 * room {
-            // A burst is over: give its big buffer back, so an idle session keeps a small one.
-            let mut small = BytesMut::with_capacity(room + self.rbuf.len());
+        let wanted = self.read_size + MAX_HEADER + MAX_CONTROL;
+        self.rbuf.reserve(wanted);
+        if self.read_size == READ_SMALL
+            && self.rbuf.capacity() > 4 * wanted
+            && self.last_big_read.elapsed() > KEEP_BIG_BUFFER
+        {
+            // The burst is long over: give its big buffer back, so an idle session keeps a
+            // small one. What it holds is at most a partial header or control frame.
+            let mut small = BytesMut::with_capacity(wanted + self.rbuf.len());
             small.extend_from_slice(&self.rbuf);
             self.rbuf = small;
         }
@@ -392,6 +403,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         // Big reads while bytes come in bulk; back to small ones only when they trickle. Dropping
         // to small at every read short of full made a download alternate 256 KiB and 16 KiB
         // reads, twice the wake-ups.
+        if n >= READ_SMALL {
+            self.last_big_read = Instant::now();
+        }
         if n >= self.read_size {
             self.read_size = READ_MAX;
         } else if n < READ_SMALL {
@@ -744,8 +758,8 @@ mod tests {
         assert_eq!(close, [0x88, 0x02, 0x03, 0xEF], "close 1007");
     }
 
-    #[tokio::test]
-    async fn the_read_buffer_shrinks_back_when_a_burst_ends() {
+    #[tokio::test(start_paused = true)]
+    async fn the_read_buffer_shrinks_back_when_a_burst_is_long_over() {
         let (mut ours, mut peer) = pair(Role::Server, 1 << 20).await;
         peer.send(Message::binary(pattern(512 << 10)))
             .await
@@ -754,16 +768,26 @@ mod tests {
         ours.read_exact(&mut got).await.unwrap();
         assert_eq!(ours.read_size, READ_MAX, "big reads for a burst");
         let mut two = [0u8; 2];
-        for msg in [b"ab", b"cd"] {
+        let mut small_message = async |msg: &[u8; 2]| {
             peer.send(Message::binary(msg.to_vec())).await.unwrap();
             ours.read_exact(&mut two).await.unwrap();
             assert_eq!(&two, msg);
-        }
+            ours.rbuf.capacity()
+        };
+        // Small reads right after the burst keep the big buffer (a transfer may go on)...
+        small_message(b"ab").await;
+        assert!(
+            small_message(b"cd").await > READ_MAX / 2,
+            "kept during the burst"
+        );
+        // ...and give it back once the burst is long over.
+        tokio::time::advance(KEEP_BIG_BUFFER * 2).await;
+        small_message(b"ef").await;
+        let capacity = small_message(b"gh").await;
         let small = READ_SMALL + MAX_HEADER + MAX_CONTROL;
         assert!(
-            ours.rbuf.capacity() <= 4 * small,
-            "an idle stream keeps {} bytes",
-            ours.rbuf.capacity()
+            capacity <= 4 * small,
+            "an idle stream keeps {capacity} bytes"
         );
     }
 
