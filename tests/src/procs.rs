@@ -109,12 +109,17 @@ pub fn wait_within(mut child: Child, secs: u64) -> Result<Finished, Overdue> {
 /// Kills `child`, and its whole process group if it leads one (as the benchmark's commands do,
 /// so that a ProxyCommand does not outlive its ssh). Call it before reaping the child.
 pub fn kill_tree(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: a plain syscall. The child is not reaped yet, so no other process has its pid;
-        // if it leads no group, there is no group of that id and the call fails harmlessly.
+    kill_group(child.id());
+    let _ = child.kill();
+}
+
+/// SIGKILL to the process group `pid` leads. The caller has not reaped `pid` (so no other
+/// process has it); if it leads no group, there is no group of that id and nothing happens.
+pub fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: a plain syscall with no memory involved.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
-    let _ = child.kill();
 }
 
 fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {

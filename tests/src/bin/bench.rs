@@ -535,7 +535,7 @@ struct Watchdog {
 
 impl Watchdog {
     fn arm(child: &Child) -> Watchdog {
-        let pid = i32::try_from(child.id()).expect("pid");
+        let pid = child.id();
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let fired = matches!(
@@ -543,10 +543,9 @@ impl Watchdog {
                 Err(mpsc::RecvTimeoutError::Timeout)
             );
             if fired {
-                // SAFETY: a plain syscall on the group the child leads. It fires while the
-                // transfer is stuck, before the child is reaped; should the limit run out just as
-                // ssh is reaped, the group is gone and the call fails harmlessly.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                // The transfer is stuck, so the child is not reaped yet; should the limit run
+                // out just as ssh is reaped, its group is gone and nothing happens.
+                procs::kill_group(pid);
             }
             fired
         });
