@@ -16,6 +16,10 @@
 //! only; ROUTES, e.g. `bd`: the direct route and those, nothing else). Besides MiB/s it prints
 //! the machine's CPU seconds per GiB moved. The direct and tunnel routes take turns run by run,
 //! so drift in the machine's speed during a run weighs on all of them alike.
+//!
+//! `HUBSSH_BENCH_PIN=C,S` (e.g. `0,1`) runs the client side (this program, ssh and its
+//! ProxyCommand) on CPU C and the server side (sshd, hubsshd and what they start, the hub) on
+//! CPU S, as if they were two machines: the scheduler then no longer decides the last percents.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -90,6 +94,40 @@ fn timed(work: impl FnOnce()) -> Timed {
     }
 }
 
+/// The CPUs of `HUBSSH_BENCH_PIN=C,S`: the client side's, then the server side's.
+fn pinning() -> Option<(usize, usize)> {
+    let v = std::env::var("HUBSSH_BENCH_PIN").ok()?;
+    let (c, s) = v.split_once(',')?;
+    Some((c.trim().parse().ok()?, s.trim().parse().ok()?))
+}
+
+/// Pins the calling thread to `cpu`; the processes it starts from then on inherit that.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set, filled through libc's own macros, and the
+    // call only reads it.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    assert!(
+        ok,
+        "HUBSSH_BENCH_PIN: cannot pin to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Runs `start` (which starts a server) on the server side's CPU when pinned, then comes back.
+fn as_server<T>(start: impl FnOnce() -> T) -> T {
+    let Some((client, server)) = pinning() else {
+        return start();
+    };
+    pin_to(server);
+    let started = start();
+    pin_to(client);
+    started
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
@@ -98,7 +136,14 @@ fn main() {
     // routes only, without SFTP, memory or hub.
     let only = args.next();
     let sftp_only = only.as_deref() == Some("sftp");
-    println!("hubssh-bench: {mib} MiB each way, cipher {CIPHER}, median of {runs} runs\n");
+    println!("hubssh-bench: {mib} MiB each way, cipher {CIPHER}, median of {runs} runs");
+    match pinning() {
+        Some((client, server)) => {
+            pin_to(client);
+            println!("pinned: client side on CPU {client}, server side on CPU {server}\n");
+        }
+        None => println!(),
+    }
     if only.as_deref() == Some("hub") {
         through_the_hub(mib, runs);
         return;
@@ -117,7 +162,7 @@ fn main() {
     let mut direct = None;
     if transfers {
         let env = Env::new();
-        direct = Some(DirectSshd::start(&env));
+        direct = Some(as_server(|| DirectSshd::start(&env)));
         subjects.push(("a  ssh -> sshd (loopback TCP)", env));
     }
     let mut servers = Vec::new();
@@ -147,7 +192,7 @@ fn main() {
             continue;
         }
         let env = Env::new();
-        servers.push(env.start(backend, route, &[]));
+        servers.push(as_server(|| env.start(backend, route, &[])));
         if route == Route::Hubssh && sftp_too {
             sftp.push(measure_sftp(name, &env, env.path(), mib, runs));
         }
@@ -175,9 +220,9 @@ fn through_the_hub(mib: usize, runs: usize) {
         println!("\n(skipping the hub routes: run scripts/hub-venv --baseline first)");
         return;
     }
-    let hub = hub::hub();
+    let hub = as_server(hub::hub);
     let (alice, carol) = ("hubssh-alice", "hubssh-carol-baseline");
-    hub.start_server(alice);
+    as_server(|| hub.start_server(alice));
     hub::ensure_system_user(carol);
     let baseline_env = Env::new();
     // jupyter-sshd-proxy's sshd reads the user's own authorized_keys.
@@ -200,7 +245,7 @@ fn through_the_hub(mib: usize, runs: usize) {
         10,
     )
     .ok();
-    hub.start_server(carol);
+    as_server(|| hub.start_server(carol));
 
     let ours = Env::new();
     let (token, _) = hub.token(alice, None, ours.path());
@@ -435,7 +480,7 @@ fn report_sftp(all: &[Figures]) {
 fn memory_per_session(sessions: usize) {
     eprintln!("measuring memory with {sessions} idle sessions ...");
     let env = Env::new();
-    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let server = as_server(|| env.start(Backend::Embedded, Route::Hubssh, &[]));
     if connect_once(&env).is_none() {
         println!("\nhubsshd (embedded) RSS: not measured, ssh to it failed");
         return;
