@@ -58,6 +58,10 @@ struct Figures {
     runs: usize,
     /// `ssh hub true` runs that failed or hung; the connect median leaves them out.
     connects_lost: usize,
+    /// Each transfer's seconds in run order (`None`: failed or hung), to pair runs that took
+    /// turns with another route's.
+    up_secs: Vec<Option<f64>>,
+    down_secs: Vec<Option<f64>>,
 }
 
 /// One timed transfer: wall seconds and machine-wide CPU seconds.
@@ -204,6 +208,7 @@ fn main() {
     let all = measure(&refs, mib, runs);
     drop((servers, direct));
     report(&all);
+    report_paired(&all);
     report_sftp(&sftp);
     if only.is_some() {
         return;
@@ -416,6 +421,42 @@ fn figures(
         lost: up.len() + down.len() - up_done.len() - down_done.len(),
         runs: up.len(),
         connects_lost: 0,
+        up_secs: up.iter().map(|t| t.map(|t| t.secs)).collect(),
+        down_secs: down.iter().map(|t| t.map(|t| t.secs)).collect(),
+    }
+}
+
+/// Speed ratios of `route` to `base`, run by run (runs that took turns share the machine's
+/// state): the median and the middle half, or `None` when fewer than 4 pairs finished.
+fn paired(route: &[Option<f64>], base: &[Option<f64>]) -> Option<(f64, f64, f64)> {
+    let mut ratios: Vec<f64> = route
+        .iter()
+        .zip(base)
+        .filter_map(|(r, b)| Some(b.as_ref()? / r.as_ref()?))
+        .collect();
+    if ratios.len() < 4 {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.5), at(0.25), at(0.75)))
+}
+
+/// Under the main table: each route's ratios to the first, paired run by run.
+fn report_paired(all: &[Figures]) {
+    let Some(base) = all.first() else { return };
+    let show = |p: Option<(f64, f64, f64)>| match p {
+        Some((mid, lo, hi)) => format!("{mid:.2} (middle half {lo:.2}-{hi:.2})"),
+        None => "-".into(),
+    };
+    for f in &all[1..] {
+        println!(
+            "  {} paired run by run with {}: up {}, down {}",
+            &f.name[..1],
+            &base.name[..1],
+            show(paired(&f.up_secs, &base.up_secs)),
+            show(paired(&f.down_secs, &base.down_secs))
+        );
     }
 }
 
