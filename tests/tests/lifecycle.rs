@@ -78,3 +78,22 @@ fn shutdown_ends_sessions(backend: Backend) {
     let out = procs::wait(live, 10, "the session cut by shutdown");
     assert!(!out.status.success());
 }
+
+/// hubsshd starts itself once more to set mimalloc's commit-on-demand option (see its main.rs):
+/// the process serving is then the one that was started, under its own name, with the option.
+#[test]
+fn hubsshd_runs_with_its_allocator_option_under_its_own_name() {
+    let env = Env::new();
+    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let pid = server.pid();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|var| var == b"MIMALLOC_ARENA_EAGER_COMMIT=0"),
+        "hubsshd runs without the allocator option"
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+    assert_eq!(comm.trim(), "hubsshd", "the process keeps its name");
+    assert_eq!(env.ssh_run("echo ok", 30).ok().stdout_text(), "ok\n");
+}

@@ -4,7 +4,7 @@
 //! Routes: (a) ssh -> sshd on loopback TCP; (b) ssh -> `hubssh proxy` -> hubsshd (WebSocket) ->
 //! `sshd -i`; (c) ssh -> websocat -> hubsshd -> `sshd -i` (what users run today); (d) ssh ->
 //! `hubssh proxy` -> hubsshd's embedded SSH server. Then SFTP put/get through (b) and (d), and
-//! hubsshd's memory per idle session on the embedded backend.
+//! hubsshd's memory per idle session on each backend.
 //!
 //! Then, when the hub test venvs exist (`scripts/hub-venv --baseline`), the same through a real
 //! JupyterHub: (h) ssh -> `hubssh proxy` -> configurable-http-proxy -> jupyter-server-proxy ->
@@ -12,8 +12,9 @@
 //! jupyter-sshd-proxy's sshd (what users run today), with ratios to (w). Needs root (it creates
 //! the hub's users).
 //! Build with `cargo build --release --workspace`, run `target/release/hubssh-bench [MiB] [runs]
-//! [hub | sftp | ROUTES]` (`hub`: the routes through the hub only; `sftp`: SFTP through b and d
-//! only; ROUTES, e.g. `bd`: the direct route and those, nothing else). Besides MiB/s it prints
+//! [hub | sftp | memory | ROUTES]` (`hub`: the routes through the hub only; `sftp`: SFTP through
+//! b and d only; `memory`: hubsshd's memory per idle session only; ROUTES, e.g. `bd`: the direct
+//! route and those, nothing else). Besides MiB/s it prints
 //! the machine's CPU seconds per GiB moved. The direct and tunnel routes take turns run by run,
 //! so drift in the machine's speed during a run weighs on all of them alike.
 //!
@@ -152,6 +153,10 @@ fn main() {
         through_the_hub(mib, runs);
         return;
     }
+    if only.as_deref() == Some("memory") {
+        memory_per_session(50);
+        return;
+    }
     // Which routes run, and what is measured on them.
     let wanted = |name: &str, route: Route| match only.as_deref() {
         None => true,
@@ -283,7 +288,10 @@ fn through_the_hub(mib: usize, runs: usize) {
     y_env.write_keyless_config(alice, &websocat_to(&token, alice));
     let figures = measure(
         &[
-            ("w  ssh -> websocat -> hub -> jupyter-sshd-proxy", &baseline_env),
+            (
+                "w  ssh -> websocat -> hub -> jupyter-sshd-proxy",
+                &baseline_env,
+            ),
             ("h  ssh -> hubssh -> hub -> hubsshd (embedded)", &ours),
             ("x  ssh -> hubssh -> hub -> jupyter-sshd-proxy", &x_env),
             ("y  ssh -> websocat -> hub -> hubsshd (embedded)", &y_env),
@@ -503,34 +511,42 @@ fn report_sftp(all: &[Figures]) {
     report_lost(all);
 }
 
-/// hubsshd's resident memory growth per idle SSH session (embedded backend).
+/// hubsshd's resident memory growth per idle SSH session, for each backend.
 fn memory_per_session(sessions: usize) {
-    eprintln!("measuring memory with {sessions} idle sessions ...");
-    let env = Env::new();
-    let server = as_server(|| env.start(Backend::Embedded, Route::Hubssh, &[]));
-    if connect_once(&env).is_none() {
-        println!("\nhubsshd (embedded) RSS: not measured, ssh to it failed");
-        return;
+    println!();
+    for (backend, name) in [
+        (Backend::Embedded, "embedded"),
+        (Backend::OpenSsh, "openssh"),
+    ] {
+        eprintln!("measuring memory with {sessions} idle sessions ({name}) ...");
+        let env = Env::new();
+        let server = as_server(|| env.start(backend, Route::Hubssh, &[]));
+        if connect_once(&env).is_none() {
+            println!("hubsshd ({name}) RSS: not measured, ssh to it failed");
+            continue;
+        }
+        // A login, as each backend logs it (sshd's own log line is passed on).
+        let logins = || {
+            let log = server.log();
+            log.matches("accepted public key").count() + log.matches("Accepted publickey").count()
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let before = rss_kib(server.pid());
+        let idle: Vec<_> = (0..sessions)
+            .map(|_| procs::background(env.ssh().args(["-N", "hub"])))
+            .collect();
+        if !procs::wait_until(60, || logins() > sessions) {
+            println!("hubsshd ({name}) RSS: not measured, not every idle session logged in");
+            continue;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let after = rss_kib(server.pid());
+        println!(
+            "hubsshd ({name}) RSS: {before} KiB before, {after} KiB with {sessions} idle sessions: {:.0} KiB per session",
+            (after.saturating_sub(before)) as f64 / sessions as f64
+        );
+        drop(idle);
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = rss_kib(server.pid());
-    let idle: Vec<_> = (0..sessions)
-        .map(|_| procs::background(env.ssh().args(["-N", "hub"])))
-        .collect();
-    let logged_in = procs::wait_until(60, || {
-        server.log().matches("accepted public key").count() > sessions
-    });
-    if !logged_in {
-        println!("\nhubsshd (embedded) RSS: not measured, not every idle session logged in");
-        return;
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let after = rss_kib(server.pid());
-    println!(
-        "\nhubsshd (embedded) RSS: {before} KiB before, {after} KiB with {sessions} idle sessions: {:.0} KiB per session",
-        (after.saturating_sub(before)) as f64 / sessions as f64
-    );
-    drop(idle);
 }
 
 fn rss_kib(pid: u32) -> u64 {
