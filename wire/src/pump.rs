@@ -9,9 +9,17 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// Most bytes read from the local input at once (one WebSocket message of 256 KiB at most).
 pub const LOCAL_READ: usize = 256 * 1024;
+
+/// Local reads start at this size; one that fills it switches to [`LOCAL_READ`] for the burst.
+const LOCAL_READ_SMALL: usize = 16 * 1024;
+
+/// How long after its last big read a burst counts as over and its big buffer is given back
+/// (at the next read), so an idle session keeps a small one.
+const KEEP_BIG_BUFFER: Duration = Duration::from_secs(2);
 
 /// Steps one direction takes before letting the other (and the rest of the runtime) run.
 const BUDGET: usize = 32;
@@ -53,9 +61,34 @@ struct Outbound {
     eof: bool,
     need_flush: bool,
     done: bool,
+    /// When a read last took [`LOCAL_READ_SMALL`] bytes or more.
+    last_big_read: Instant,
 }
 
 impl Outbound {
+    fn new() -> Self {
+        Outbound {
+            buf: vec![0u8; LOCAL_READ_SMALL].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            eof: false,
+            need_flush: false,
+            done: false,
+            last_big_read: Instant::now(),
+        }
+    }
+
+    /// Before a read (the buffer is empty): big while bytes come in bulk, small once the burst
+    /// is long over. Shrinking only then keeps a transfer from alternating big and small reads.
+    fn size_buffer(&mut self) {
+        let big = self.buf.len() == LOCAL_READ;
+        if !big && self.cap == self.buf.len() {
+            self.buf = vec![0u8; LOCAL_READ].into_boxed_slice();
+        } else if big && self.last_big_read.elapsed() > KEEP_BIG_BUFFER {
+            self.buf = vec![0u8; LOCAL_READ_SMALL].into_boxed_slice();
+        }
+    }
+
     fn poll<T, R>(
         &mut self,
         cx: &mut Context<'_>,
@@ -69,6 +102,7 @@ impl Outbound {
     {
         for _ in 0..BUDGET {
             if self.pos == self.cap && !self.eof {
+                self.size_buffer();
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *input).poll_read(cx, &mut rb) {
                     Poll::Pending => {
@@ -82,6 +116,9 @@ impl Outbound {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Input(e))),
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
+                        if n >= LOCAL_READ_SMALL {
+                            self.last_big_read = Instant::now();
+                        }
                         self.eof = n == 0;
                         self.pos = 0;
                         self.cap = n;
@@ -188,14 +225,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = Outbound {
-        buf: vec![0u8; LOCAL_READ].into_boxed_slice(),
-        pos: 0,
-        cap: 0,
-        eof: false,
-        need_flush: false,
-        done: false,
-    };
+    let mut out = Outbound::new();
     let mut inb = Inbound::default();
     let mut pumped = Pumped::default();
     let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -290,6 +320,50 @@ mod tests {
             .await
             .unwrap();
         assert!(!pumped.input_ended_first);
+    }
+
+    /// One poll of `out`, moving what `input` has into `tunnel`.
+    fn step<T, R>(out: &mut Outbound, tunnel: &mut T, input: &mut R)
+    where
+        T: AsyncWrite + Unpin,
+        R: AsyncRead + Unpin,
+    {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut moved = 0;
+        let polled = out.poll(&mut cx, tunnel, input, &mut moved);
+        assert!(polled.is_pending(), "input has not ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_input_buffer_grows_for_a_burst_and_shrinks_once_it_is_long_over() {
+        let (mut tunnel, mut tunnel_far) = tokio::io::duplex(1 << 20);
+        let (mut input_far, mut input) = tokio::io::duplex(1 << 20);
+        let mut out = Outbound::new();
+        assert_eq!(
+            out.buf.len(),
+            LOCAL_READ_SMALL,
+            "a new session starts small"
+        );
+        let burst: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        input_far.write_all(&burst).await.unwrap();
+        step(&mut out, &mut tunnel, &mut input);
+        assert_eq!(out.buf.len(), LOCAL_READ, "a read that fills it grows it");
+        // Small reads right after the burst keep the big buffer (a transfer may go on)...
+        input_far.write_all(b"ab").await.unwrap();
+        step(&mut out, &mut tunnel, &mut input);
+        assert_eq!(out.buf.len(), LOCAL_READ, "kept during the burst");
+        // ...and give it back once the burst is long over.
+        tokio::time::advance(KEEP_BIG_BUFFER * 2).await;
+        input_far.write_all(b"cd").await.unwrap();
+        step(&mut out, &mut tunnel, &mut input);
+        assert_eq!(
+            out.buf.len(),
+            LOCAL_READ_SMALL,
+            "an idle session keeps a small one"
+        );
+        let mut got = vec![0u8; burst.len() + 4];
+        tunnel_far.read_exact(&mut got).await.unwrap();
+        assert!(got[..burst.len()] == burst[..] && &got[burst.len()..] == b"abcd");
     }
 
     #[tokio::test(start_paused = true)]
