@@ -4,9 +4,11 @@
 //! Map: [`listener`] binds and accepts; [`connection`] handles one connection; [`dialect`] sniffs
 //! its first bytes; [`http`] reads request heads; [`upgrade`] completes WebSocket handshakes;
 //! [`prefixed`] replays sniffed bytes; [`read_ahead`] drains raw sockets; [`hub_auth`] checks hub
-//! tokens; [`backend`] runs the SSH server; [`state`] keeps the host key.
+//! tokens; [`backend`] runs the SSH server; [`state`] keeps the host key; [`allocator`] holds the
+//! memory allocator's setting.
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod backend;
 pub mod connection;
 pub mod dialect;

@@ -96,44 +96,13 @@ enum SshAuthArg {
 /// Every byte a client sends passes through buffers allocated on the connection's task and freed
 /// on the consumer's. glibc's malloc keeps handing that memory back to the kernel and faulting it
 /// in again: 10% of hubsshd's time in a 1 GiB upload went to page faults. mimalloc reuses it.
+/// Its one setting is in [`hubsshd::allocator`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// On Linux mimalloc commits its arenas up front by default, and then keeps what a connection
-/// touched: hubsshd started at 17 MiB resident, an idle `sshd -i` session cost 560 KiB and a
-/// session after a download 2 MiB, kept after it closed. Committing on demand (this option) it
-/// started at 8 MiB, with 160 KiB per idle session and 0.9 MiB after a download, at the same
-/// CPU cost per byte. mimalloc reads the option from the environment as the process loads,
-/// before `main`, so hubsshd starts itself once more with it set. A value set by whoever
-/// started hubsshd is kept.
-const ALLOCATOR_OPTION: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
-
-/// Starts hubsshd again, same pid, arguments and name, with [`ALLOCATOR_OPTION`] set; returns
-/// only if it is already set or the binary cannot be run again (then hubsshd runs as it is).
-fn settle_allocator() {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        let (name, value) = ALLOCATOR_OPTION;
-        if std::env::var_os(name).is_some() {
-            return;
-        }
-        let Ok(exe) = std::env::current_exe() else {
-            return;
-        };
-        let mut args = std::env::args_os();
-        let argv0 = args.next().unwrap_or_else(|| exe.clone().into());
-        let _failed = std::process::Command::new(&exe)
-            .arg0(argv0)
-            .args(args)
-            .env(name, value)
-            .exec();
-    }
-}
-
 fn main() {
     // First, while hubsshd has no other thread.
-    settle_allocator();
+    hubsshd::allocator::settle();
     let args = Args::parse();
     init_tracing(args.verbose);
     let outcome = tokio::runtime::Builder::new_multi_thread()

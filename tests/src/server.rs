@@ -50,7 +50,21 @@ impl Hubsshd {
         authorized_keys: &Path,
         extra: &[&str],
     ) -> Hubsshd {
+        let (cmd, socket) = Self::command(dir, backend, listen, authorized_keys, extra);
+        Self::spawn(cmd, socket)
+    }
+
+    /// The command [`Hubsshd::start`] runs, and the unix socket it will listen on, to change
+    /// before [`Hubsshd::spawn`]. hubsshd's allocator option is left for hubsshd to set.
+    pub fn command(
+        dir: &Path,
+        backend: Backend,
+        listen: Listen,
+        authorized_keys: &Path,
+        extra: &[&str],
+    ) -> (Command, Option<PathBuf>) {
         let mut cmd = Command::new(crate::bin("hubsshd"));
+        cmd.env_remove("MIMALLOC_ARENA_EAGER_COMMIT");
         cmd.arg("--state-dir").arg(dir.join("state"));
         cmd.arg("--authorized-keys").arg(authorized_keys);
         cmd.args(["--backend", backend.arg()]);
@@ -69,7 +83,7 @@ impl Hubsshd {
             }
         };
         cmd.args(extra).env("HUBSSHD_LOG", "hubsshd=debug,info");
-        Self::spawn(cmd, socket)
+        (cmd, socket)
     }
 
     /// Spawns a prepared hubsshd command and waits for it to listen.
@@ -133,7 +147,7 @@ impl Hubsshd {
 
     /// Sends `signal` to hubsshd.
     pub fn signal(&self, signal: i32) {
-        // kill(1) rather than libc: the test crate stays free of unsafe code.
+        // kill(1) rather than libc: the test library stays free of unsafe code.
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())

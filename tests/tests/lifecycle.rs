@@ -4,6 +4,7 @@ use std::process::Stdio;
 
 use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::procs;
+use hubssh_tests::server::Hubsshd;
 
 /// Child processes of `pid` (sshd -i and whatever it started).
 fn children(pid: u32) -> Vec<String> {
@@ -79,21 +80,83 @@ fn shutdown_ends_sessions(backend: Backend) {
     assert!(!out.status.success());
 }
 
-/// hubsshd starts itself once more to set mimalloc's commit-on-demand option (see its main.rs):
-/// the process serving is then the one that was started, under its own name, with the option.
-#[test]
-fn hubsshd_runs_with_its_allocator_option_under_its_own_name() {
-    let env = Env::new();
-    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let pid = server.pid();
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
-    assert!(
-        environ
-            .split(|&b| b == 0)
-            .any(|var| var == b"MIMALLOC_ARENA_EAGER_COMMIT=0"),
-        "hubsshd runs without the allocator option"
+/// hubsshd started with `var` (name, value) in its environment, `Host hub` pointed at it.
+fn start_with_var(env: &Env, backend: Backend, var: Option<(&str, &str)>) -> Hubsshd {
+    let (mut cmd, socket) = Hubsshd::command(
+        env.path(),
+        backend,
+        Route::Hubssh.listen(),
+        &env.authorized_keys,
+        &[],
     );
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
-    assert_eq!(comm.trim(), "hubsshd", "the process keeps its name");
-    assert_eq!(env.ssh_run("echo ok", 30).ok().stdout_text(), "ok\n");
+    if let Some((name, value)) = var {
+        cmd.env(name, value);
+    }
+    let server = Hubsshd::spawn(cmd, socket);
+    env.write_config(&env.proxy_command(Route::Hubssh, &server));
+    server
+}
+
+/// `NAME=VALUE` entries of a process's environment.
+fn environ(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    raw.split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+const OPTION: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+
+/// hubsshd starts itself once more to set mimalloc's commit-on-demand option (server/src/
+/// allocator.rs): the process serving is the one started, with its name and arguments and the
+/// option, and no session inherits the option.
+#[test]
+fn hubsshd_sets_its_allocator_option_for_itself_only() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let server = start_with_var(&env, backend, None);
+        let pid = server.pid();
+        assert!(
+            environ(pid).contains(&format!("{OPTION}=0")),
+            "{backend:?}: hubsshd runs without the allocator option"
+        );
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+        assert_eq!(comm.trim(), "hubsshd", "the process keeps its name");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        assert_eq!(
+            argv0,
+            hubssh_tests::bin("hubsshd").as_os_str().as_encoded_bytes(),
+            "argv[0] is kept"
+        );
+        let session_env = env.ssh_run("env", 30).ok().stdout_text();
+        assert!(
+            !session_env.contains(OPTION) && !session_env.contains("HUBSSHD_"),
+            "{backend:?}: a session inherited hubsshd's own setting:\n{session_env}"
+        );
+    }
+}
+
+/// A value of the option set by whoever starts hubsshd is theirs: kept, and passed on to
+/// sessions like the rest of the environment (the embedded backend passes it on).
+#[test]
+fn an_allocator_option_set_by_the_admin_is_kept() {
+    let env = Env::new();
+    let server = start_with_var(&env, Backend::Embedded, Some((OPTION, "1")));
+    let vars = environ(server.pid());
+    assert!(
+        vars.contains(&format!("{OPTION}=1")),
+        "the admin's value is kept"
+    );
+    assert!(
+        !vars
+            .iter()
+            .any(|v| v.starts_with("HUBSSHD_SET_ALLOCATOR_OPTION")),
+        "hubsshd did not start itself again"
+    );
+    let session_env = env.ssh_run("env", 30).ok().stdout_text();
+    assert!(
+        session_env.contains(&format!("{OPTION}=1")),
+        "sessions get the admin's environment"
+    );
 }

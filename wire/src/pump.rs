@@ -17,8 +17,8 @@ pub const LOCAL_READ: usize = 256 * 1024;
 /// Local reads start at this size; one that fills it switches to [`LOCAL_READ`] for the burst.
 const LOCAL_READ_SMALL: usize = 16 * 1024;
 
-/// How long after its last big read a burst counts as over and its big buffer is given back
-/// (at the next read), so an idle session keeps a small one.
+/// How long after its last big read a burst counts as over: its big buffer is given back at the
+/// next read after that (an idle session's next keepalive at the latest).
 const KEEP_BIG_BUFFER: Duration = Duration::from_secs(2);
 
 /// Steps one direction takes before letting the other (and the rest of the runtime) run.
@@ -63,6 +63,8 @@ struct Outbound {
     done: bool,
     /// When a read last took [`LOCAL_READ_SMALL`] bytes or more.
     last_big_read: Instant,
+    /// The last read filled the small buffer: the next one gets the big one.
+    filled: bool,
 }
 
 impl Outbound {
@@ -75,6 +77,7 @@ impl Outbound {
             need_flush: false,
             done: false,
             last_big_read: Instant::now(),
+            filled: false,
         }
     }
 
@@ -82,7 +85,7 @@ impl Outbound {
     /// is long over. Shrinking only then keeps a transfer from alternating big and small reads.
     fn size_buffer(&mut self) {
         let big = self.buf.len() == LOCAL_READ;
-        if !big && self.cap == self.buf.len() {
+        if !big && std::mem::take(&mut self.filled) {
             self.buf = vec![0u8; LOCAL_READ].into_boxed_slice();
         } else if big && self.last_big_read.elapsed() > KEEP_BIG_BUFFER {
             self.buf = vec![0u8; LOCAL_READ_SMALL].into_boxed_slice();
@@ -119,6 +122,7 @@ impl Outbound {
                         if n >= LOCAL_READ_SMALL {
                             self.last_big_read = Instant::now();
                         }
+                        self.filled = n == LOCAL_READ_SMALL && self.buf.len() == LOCAL_READ_SMALL;
                         self.eof = n == 0;
                         self.pos = 0;
                         self.cap = n;
@@ -359,11 +363,24 @@ mod tests {
         assert_eq!(
             out.buf.len(),
             LOCAL_READ_SMALL,
-            "an idle session keeps a small one"
+            "given back at the next read"
         );
-        let mut got = vec![0u8; burst.len() + 4];
+        // A read that just fills the small buffer grows it, and polls with nothing to read
+        // neither toggle it nor, once that read is long past, keep it.
+        let exact = vec![7u8; LOCAL_READ_SMALL];
+        input_far.write_all(&exact).await.unwrap();
+        step(&mut out, &mut tunnel, &mut input);
+        step(&mut out, &mut tunnel, &mut input);
+        assert_eq!(out.buf.len(), LOCAL_READ, "grown for what may be a burst");
+        tokio::time::advance(KEEP_BIG_BUFFER * 2).await;
+        for _ in 0..3 {
+            step(&mut out, &mut tunnel, &mut input);
+            assert_eq!(out.buf.len(), LOCAL_READ_SMALL, "small, and it stays so");
+        }
+        let mut got = vec![0u8; burst.len() + 4 + exact.len()];
         tunnel_far.read_exact(&mut got).await.unwrap();
-        assert!(got[..burst.len()] == burst[..] && &got[burst.len()..] == b"abcd");
+        let (head, tail) = got.split_at(burst.len());
+        assert!(head == burst && &tail[..4] == b"abcd" && tail[4..] == exact[..]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -138,8 +138,8 @@ impl OpenSsh {
         S: AsyncBufRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (interval, max) = keepalive.interval_and_max();
-        let mut child = Command::new(&self.config.sshd)
-            .arg("-i")
+        let mut sshd = Command::new(&self.config.sshd);
+        sshd.arg("-i")
             .args(self.args())
             // After the admin's --sshd-option values, so those win (sshd keeps the first it sees).
             .arg("-o")
@@ -149,8 +149,11 @@ impl OpenSsh {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        for (name, _) in std::env::vars_os().filter(|(k, _)| crate::allocator::is_own_setting(k)) {
+            sshd.env_remove(name);
+        }
+        let mut child = sshd.spawn()?;
         debug!(pid = child.id(), "sshd started");
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())

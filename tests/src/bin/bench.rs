@@ -102,8 +102,15 @@ fn timed(work: impl FnOnce()) -> Timed {
 /// The CPUs of `HUBSSH_BENCH_PIN=C,S`: the client side's, then the server side's.
 fn pinning() -> Option<(usize, usize)> {
     let v = std::env::var("HUBSSH_BENCH_PIN").ok()?;
-    let (c, s) = v.split_once(',')?;
-    Some((c.trim().parse().ok()?, s.trim().parse().ok()?))
+    let cpus = v
+        .split_once(',')
+        .and_then(|(c, s)| Some((c.trim().parse().ok()?, s.trim().parse().ok()?)))
+        .filter(|&(c, s): &(usize, usize)| c.max(s) < libc::CPU_SETSIZE as usize);
+    if cpus.is_none() {
+        eprintln!("hubssh-bench: HUBSSH_BENCH_PIN={v:?}: give two CPU numbers, e.g. 0,1");
+        std::process::exit(2);
+    }
+    cpus
 }
 
 /// Pins the calling thread to `cpu`; the processes it starts from then on inherit that.
@@ -436,9 +443,11 @@ fn paired(route: &[Option<f64>], base: &[Option<f64>]) -> Option<(f64, f64, f64)
     Some((at(0.5), at(0.25), at(0.75)))
 }
 
-/// Under the main table: each route's ratios to the first, paired run by run.
+/// Under a table: each route's ratios to the first, paired run by run (4 runs or more).
 fn report_paired(all: &[Figures]) {
-    let Some(base) = all.first() else { return };
+    let Some(base) = all.first().filter(|base| base.runs >= 4) else {
+        return;
+    };
     let show = |p: Option<(f64, f64, f64)>| match p {
         Some((mid, lo, hi)) => format!("{mid:.2} (middle half {lo:.2}-{hi:.2})"),
         None => "-".into(),

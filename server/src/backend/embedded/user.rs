@@ -52,6 +52,7 @@ impl UserInfo {
     /// have it) without hubsshd's settings, plus the login variables.
     pub fn base_env(&self) -> Vec<(OsString, OsString)> {
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !crate::allocator::is_own_setting(k))
             .filter(|(k, _)| {
                 let k = k.to_string_lossy();
                 !k.starts_with("HUBSSHD_")
