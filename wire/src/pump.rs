@@ -11,15 +11,14 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+// A burst of local input counts as over as long after its last big read as a WebSocket's does.
+use crate::ws::KEEP_BIG_BUFFER;
+
 /// Most bytes read from the local input at once (one WebSocket message of 256 KiB at most).
 pub const LOCAL_READ: usize = 256 * 1024;
 
 /// Local reads start at this size; one that fills it switches to [`LOCAL_READ`] for the burst.
 const LOCAL_READ_SMALL: usize = 16 * 1024;
-
-/// How long after its last big read a burst counts as over: its big buffer is given back at the
-/// next read after that (an idle session's next keepalive at the latest).
-const KEEP_BIG_BUFFER: Duration = Duration::from_secs(2);
 
 /// Steps one direction takes before letting the other (and the rest of the runtime) run.
 const BUDGET: usize = 32;
@@ -82,7 +81,7 @@ impl Outbound {
     }
 
     /// Before a read (the buffer is empty): big while bytes come in bulk, small once the burst
-    /// is long over. Shrinking only then keeps a transfer from alternating big and small reads.
+    /// is long over (the next read after that: an idle session's keepalive at the latest). Shrinking only then keeps a transfer from alternating big and small reads.
     fn size_buffer(&mut self) {
         let big = self.buf.len() == LOCAL_READ;
         if !big && std::mem::take(&mut self.filled) {

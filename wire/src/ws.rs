@@ -29,9 +29,10 @@ const READ_MAX: usize = 256 * 1024;
 /// Read size while reads do not fill it: an idle session waits on a small buffer.
 const READ_SMALL: usize = 16 * 1024;
 
-/// How long after its last big read a stream gives its big read buffer back. Reads around 16 KiB
-/// (a TLS record each) flip the read size often during a transfer; the buffer must outlive that.
-const KEEP_BIG_BUFFER: Duration = Duration::from_secs(2);
+/// How long after its last big read a stream gives its big read buffer back (the pump's buffer
+/// for local input follows the same rule). Reads around 16 KiB (a TLS record each) flip the
+/// read size often during a transfer; the buffer must outlive that.
+pub(crate) const KEEP_BIG_BUFFER: Duration = Duration::from_secs(2);
 
 /// Writes up to this size are gathered in the write buffer (header and payload together) and go
 /// out at the next flush; larger ones are written at once.

@@ -534,17 +534,12 @@ fn memory_per_session(sessions: usize) {
             println!("hubsshd ({name}) RSS: not measured, ssh to it failed");
             continue;
         }
-        // A login, as each backend logs it (sshd's own log line is passed on).
-        let logins = || {
-            let log = server.log();
-            log.matches("accepted public key").count() + log.matches("Accepted publickey").count()
-        };
         std::thread::sleep(std::time::Duration::from_millis(300));
         let before = rss_kib(server.pid());
         let idle: Vec<_> = (0..sessions)
             .map(|_| procs::background(env.ssh().args(["-N", "hub"])))
             .collect();
-        if !procs::wait_until(60, || logins() > sessions) {
+        if !procs::wait_until(60, || server.logins() > sessions) {
             println!("hubsshd ({name}) RSS: not measured, not every idle session logged in");
             continue;
         }
