@@ -1,5 +1,6 @@
 //! `hubssh`: parses the command line and runs the chosen command.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -223,7 +224,8 @@ fn main() {
 
 /// Prints `hubssh: <message>` on stderr and exits 1. stdout is never written: it is ssh's.
 fn fail(message: &str) -> ! {
-    eprintln!("hubssh: {message}");
+    // Even with nobody reading stderr, the exit status tells: no panic over the message.
+    let _ = writeln!(std::io::stderr(), "hubssh: {message}");
     std::process::exit(1)
 }
 
@@ -240,5 +242,7 @@ fn init_tracing(verbose: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // A line that cannot be written is dropped (tracing's fallback would panic).
+        .log_internal_errors(false)
         .init();
 }

@@ -1,5 +1,6 @@
 //! TLS client settings: the platform's roots, plus `SSL_CERT_FILE` and `--cacert`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,7 +30,10 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     if insecure {
-        eprintln!("hubssh: warning: --insecure: the hub's certificate is not checked, so anyone on the network path could read or change this session");
+        let _ = writeln!(
+            std::io::stderr(),
+            "hubssh: warning: --insecure: the hub's certificate is not checked, so anyone on the network path could read or change this session"
+        );
         let config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()

@@ -1,5 +1,6 @@
 //! `hubsshd`: parses the command line, prepares the backend and runs the server.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,7 +112,7 @@ fn main() {
         .context("cannot start the async runtime")
         .and_then(|runtime| runtime.block_on(run(args)));
     if let Err(e) = outcome {
-        eprintln!("hubsshd: {e:#}");
+        let _ = writeln!(std::io::stderr(), "hubsshd: {e:#}");
         std::process::exit(1);
     }
 }
@@ -124,10 +125,14 @@ fn init_tracing(verbose: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUBSSHD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A line that cannot be written (the log's reader is gone) is dropped: tracing's fallback
+    // would report it with eprintln!, whose panic ends the task that logged (a session, the
+    // shutdown on SIGTERM).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .init();
 }
 
@@ -190,7 +195,9 @@ async fn run(args: Args) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     hubsshd::check_exposure(&listener, &server)?;
-    eprintln!(
+    // Written even if nobody reads stderr any more (then ignored, as every log line is).
+    let _ = writeln!(
+        std::io::stderr(),
         "hubsshd: listening on {} (backend: {})",
         listener.describe(),
         server.backend.name()

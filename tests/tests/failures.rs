@@ -52,6 +52,39 @@ fn nothing_listening_is_a_clear_error() {
     );
 }
 
+/// With nobody reading its stderr (ssh's terminal gone, a log pipe closed), hubssh proxy still
+/// carries the session, debug logs and all, and still fails with status 1, not a panic.
+#[test]
+fn a_broken_stderr_changes_nothing_but_the_messages() {
+    let env = Env::new();
+    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    // The shell's stderr becomes a pipe whose reader has exited before hubssh starts.
+    env.write_config(&format!(
+        "bash -c 'exec 2> >(exec true); wait $!; exec {} proxy -v {}'",
+        bin("hubssh").display(),
+        server.ws_url()
+    ));
+    let out = env.ssh_run("echo carried", 30);
+    assert_eq!(out.stdout_text(), "carried\n", "{}", out.stderr_text());
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(bin("hubssh"))
+        .args(["proxy", &format!("ws://127.0.0.1:{port}/sshd/")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let exited = procs::wait_until(10, || child.try_wait().unwrap().is_some());
+    assert!(exited, "hubssh proxy did not exit");
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}
+
 #[test]
 fn status_page_answers_plain_get() {
     let env = Env::new();

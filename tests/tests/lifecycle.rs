@@ -160,3 +160,52 @@ fn an_allocator_option_set_by_the_admin_is_kept() {
         "sessions get the admin's environment"
     );
 }
+
+/// hubsshd whose log reader has gone (its parent died, a log collector restarted) goes on
+/// serving, and SIGTERM still stops it: a log line it cannot write is dropped, not a failure.
+#[test]
+fn a_broken_log_pipe_ends_neither_sessions_nor_shutdown() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let (cmd, socket) = Hubsshd::command(
+            env.path(),
+            backend,
+            Route::Hubssh.listen(),
+            &env.authorized_keys,
+            &[],
+        );
+        let mut server = Hubsshd::spawn(with_a_log_reader_that_leaves(&cmd), socket);
+        env.write_config(&env.proxy_command(Route::Hubssh, &server));
+        // Its reader takes the `listening on` line and exits: every later line meets EPIPE.
+        let out = env.ssh_run("echo still serving", 30);
+        assert_eq!(
+            out.stdout_text(),
+            "still serving\n",
+            "{backend:?}: {}",
+            out.stderr_text()
+        );
+        server.signal(15);
+        let status = server.wait_exit(10);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{backend:?}: hubsshd with a broken log pipe did not stop on SIGTERM: {status:?}"
+        );
+    }
+}
+
+/// `cmd` run with its stderr read by a `head -n 1` that passes the first line on and exits.
+fn with_a_log_reader_that_leaves(cmd: &std::process::Command) -> std::process::Command {
+    let mut wrapped = std::process::Command::new("bash");
+    wrapped
+        .arg("-c")
+        .arg(r#"exec "$0" "$@" 2> >(head -n 1 >&2)"#)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(name, value),
+            None => wrapped.env_remove(name),
+        };
+    }
+    wrapped
+}
