@@ -60,7 +60,8 @@ pub fn wait(child: Child, secs: u64, what: &str) -> Finished {
     })
 }
 
-/// A command killed for passing its deadline, with what it had said on stderr.
+/// A command killed for passing its deadline (or whose output something it started still held
+/// open at the deadline), with what it had said on stderr.
 #[derive(Debug)]
 pub struct Overdue {
     pub stderr: Vec<u8>,
@@ -73,37 +74,47 @@ pub fn output_within(cmd: &mut Command, secs: u64) -> Result<Finished, Overdue> 
     wait_within(spawn_captured(cmd), secs)
 }
 
-/// Waits for a child with captured stdout/stderr; kills it after `secs`.
+/// Waits for a child with captured stdout/stderr; kills it after `secs`. The deadline covers the
+/// output too: a descendant that outlives the child (a ProxyCommand that stays behind its ssh)
+/// and keeps the pipes open makes it overdue, instead of a wait with no end.
 pub fn wait_within(mut child: Child, secs: u64) -> Result<Finished, Overdue> {
     let start = Instant::now();
-    let out = child.stdout.take().map(drain);
-    let err = child.stderr.take().map(drain);
+    let leads_group = leads_group(&child);
+    let out = child.stdout.take().map(Drained::start);
+    let err = child.stderr.take().map(Drained::start);
     let deadline = start + Duration::from_secs(secs);
-    let joined = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
-        h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
-    };
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
+            break Some(status);
         }
         if Instant::now() > deadline {
             kill_tree(&mut child);
             let _ = child.wait();
-            // A descendant that outlived the kill may hold stderr open: wait for it briefly.
-            let err = err.filter(|h| wait_until(2, || h.is_finished()));
-            return Err(Overdue {
-                stderr: joined(err),
-            });
+            break None;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let elapsed = start.elapsed();
-    Ok(Finished {
-        status,
-        stdout: joined(out),
-        stderr: joined(err),
-        elapsed,
-    })
+    let drained = |d: &Option<Drained>| d.as_ref().is_none_or(Drained::finished);
+    let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+    // After a kill, a descendant that escaped it may still hold the pipes: wait for it briefly.
+    let outputs_ended = wait_until(left.max(2), || drained(&out) && drained(&err));
+    let taken = |d: Option<Drained>| d.map(Drained::take).unwrap_or_default();
+    match status {
+        Some(status) if outputs_ended => Ok(Finished {
+            status,
+            stdout: taken(out),
+            stderr: taken(err),
+            elapsed: start.elapsed(),
+        }),
+        _ => {
+            // The child is reaped, but its group's id stays taken while any member lives: this
+            // reaches only what the child left behind.
+            if leads_group {
+                kill_group(child.id());
+            }
+            Err(Overdue { stderr: taken(err) })
+        }
+    }
 }
 
 /// Kills `child`, and its whole process group if it leads one (as the benchmark's commands do,
@@ -111,6 +122,15 @@ pub fn wait_within(mut child: Child, secs: u64) -> Result<Finished, Overdue> {
 pub fn kill_tree(child: &mut Child) {
     kill_group(child.id());
     let _ = child.kill();
+}
+
+/// Whether `child` (not yet reaped) leads its own process group, as the benchmark's commands do.
+fn leads_group(child: &Child) -> bool {
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return false;
+    };
+    // SAFETY: a plain syscall with no memory involved.
+    unsafe { libc::getpgid(pid) == pid }
 }
 
 /// SIGKILL to the process group `pid` leads. The caller has not reaped `pid` (so no other
@@ -122,12 +142,37 @@ pub fn kill_group(pid: u32) {
     }
 }
 
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
+/// One output of a child, read to its end by a thread; what came so far can be taken at any time.
+struct Drained {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drained {
+    fn start(mut r: impl Read + Send + 'static) -> Self {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let thread = std::thread::spawn(move || {
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                match r.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+        });
+        Drained { buf, thread }
+    }
+
+    fn finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    fn take(self) -> Vec<u8> {
+        std::mem::take(&mut *self.buf.lock().unwrap())
+    }
 }
 
 /// Collects the lines `r` produces into a shared log, calling `each` on every line first (for
