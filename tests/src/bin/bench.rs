@@ -99,6 +99,67 @@ fn timed(work: impl FnOnce()) -> Timed {
     }
 }
 
+/// Ctrl-C (or SIGTERM) ends the benchmark together with what it started. Its ssh commands run in
+/// process groups of their own (so that a watchdog ends each with its ProxyCommand), out of the
+/// terminal's reach: they get SIGKILL by group, the servers SIGTERM (hubsshd then ends its sshd).
+fn end_children_on_interrupt() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    let [wake, woken] = fds;
+    INTERRUPTED.store(woken, std::sync::atomic::Ordering::Relaxed);
+    extern "C" fn on_signal(signal: libc::c_int) {
+        let fd = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+        let byte = signal as u8;
+        // SAFETY: write(2) is async-signal-safe; the byte lives on this stack.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only writes to a pipe (exec resets it in children).
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+    std::thread::spawn(move || {
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a local.
+        while unsafe { libc::read(wake, (&mut byte as *mut u8).cast(), 1) } != 1 {}
+        eprintln!("hubssh-bench: interrupted; ending the commands and servers it started");
+        let children = children();
+        for &(pid, leads_group) in &children {
+            if leads_group {
+                procs::kill_group(pid);
+            }
+        }
+        for &(pid, _) in &children {
+            // SAFETY: a plain syscall; these are our unreaped children.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        std::process::exit(128 + i32::from(byte));
+    });
+}
+
+/// Where the signal handler of [`end_children_on_interrupt`] writes.
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// This process's children, each with whether it leads its own process group.
+fn children() -> Vec<(u32, bool)> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(1);
+        let ppid: u32 = fields.next()?.parse().ok()?;
+        let pgrp: u32 = fields.next()?.parse().ok()?;
+        (ppid == me).then_some((pid, pgrp == pid))
+    })
+    .collect()
+}
+
 /// The CPUs of `HUBSSH_BENCH_PIN=C,S`: the client side's, then the server side's.
 fn pinning() -> Option<(usize, usize)> {
     let v = std::env::var("HUBSSH_BENCH_PIN").ok()?;
@@ -141,6 +202,7 @@ fn as_server<T>(start: impl FnOnce() -> T) -> T {
 }
 
 fn main() {
+    end_children_on_interrupt();
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
