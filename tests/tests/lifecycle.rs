@@ -1,5 +1,6 @@
 //! Sessions come and go without leaving anything behind, and shutdown ends what is left.
 
+use std::io::Write;
 use std::process::Stdio;
 
 use hubssh_tests::client::{Backend, Env, Route};
@@ -21,6 +22,18 @@ fn children(pid: u32) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// How many processes under `pid`, at any depth, run the program `name`.
+fn descendants_named(pid: u32, name: &str) -> usize {
+    children(pid)
+        .iter()
+        .map(|child| {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            let here = usize::from(comm.trim() == name);
+            here + child.parse().map_or(0, |c| descendants_named(c, name))
+        })
+        .sum()
 }
 
 fn sessions_leave_nothing_behind(backend: Backend, route: Route) {
@@ -208,4 +221,31 @@ fn with_a_log_reader_that_leaves(cmd: &std::process::Command) -> std::process::C
         };
     }
     wrapped
+}
+
+/// A terminal session whose client vanishes (the terminal window closed, ssh killed, the network
+/// gone) hangs up its shell, as OpenSSH does: nothing stays behind on the server.
+#[test]
+fn a_vanished_client_hangs_up_its_shell() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let server = env.start(backend, Route::Hubssh, &[]);
+        let mut ssh = env.spawn_ssh(&["-tt", "hub"], Stdio::piped());
+        server.wait_for_login();
+        // A program running in the foreground, as when a laptop's lid closes mid-command.
+        let mut stdin = ssh.stdin.take().expect("stdin");
+        stdin.write_all(b"sleep 300\n").expect("type a command");
+        let sleeping = procs::wait_until(10, || descendants_named(server.pid(), "sleep") > 0);
+        assert!(sleeping, "{backend:?}: the typed command did not start");
+        procs::kill_tree(&mut ssh);
+        let _ = ssh.wait();
+        drop(stdin);
+        let clean = procs::wait_until(15, || children(server.pid()).is_empty());
+        assert!(
+            clean,
+            "{backend:?}: left behind after the client vanished: {:?}\n{}",
+            children(server.pid()),
+            server.log()
+        );
+    }
 }

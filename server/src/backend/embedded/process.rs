@@ -248,39 +248,50 @@ async fn run_pty(
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .map(Pid::from_raw);
-    let (reader, mut writer) = pty.into_split();
+    let (reader, writer) = pty.into_split();
 
-    let input = tokio::spawn(async move {
-        let mut inbox = inbox;
+    // Ends when the channel does (closed by the client, or its connection gone): the handler
+    // drops the control sender then. The client's EOF alone, like OpenSSH, leaves the shell be.
+    let mut input = tokio::spawn(async move {
+        let (mut inbox, mut writer, mut eof) = (inbox, Some(writer), false);
         loop {
             tokio::select! {
-                data = inbox.recv() => match data {
+                data = inbox.recv(), if !eof => match data {
                     Some(data) => {
-                        if writer.write_all(&data).await.is_err() {
-                            break;
+                        if let Some(w) = writer.as_mut() {
+                            if w.write_all(&data).await.is_err() {
+                                writer = None;
+                            }
                         }
                     }
-                    // EOF on a pty: the client closed its input; like OpenSSH, leave the shell be.
-                    None => std::future::pending::<()>().await,
+                    None => eof = true,
                 },
                 c = control.recv() => match c {
                     Some(Control::Resize { cols, rows }) => {
-                        let _ = writer.resize(pty_process::Size::new(rows.max(1), cols.max(1)));
+                        if let Some(w) = &writer {
+                            let _ = w.resize(pty_process::Size::new(rows.max(1), cols.max(1)));
+                        }
                     }
                     Some(Control::Signal(sig)) => signal_group(pgid, &sig),
-                    None => std::future::pending::<()>().await,
+                    None => return,
                 },
             }
         }
     });
-    let output = forward_output(reader, channel.make_writer());
-    tokio::pin!(output);
+    let mut output = Box::pin(forward_output(reader, channel.make_writer()));
     let status = tokio::select! {
         status = child.wait() => {
             let _ = tokio::time::timeout(PTY_DRAIN, &mut output).await;
             status
         }
         _ = &mut output => child.wait().await,
+        _ = &mut input => {
+            // The channel is gone: closing the pty (both halves) hangs up the shell, SIGHUP to
+            // it and its foreground job, as OpenSSH does.
+            drop(output);
+            debug!("terminal channel gone: hung up its shell");
+            child.wait().await
+        }
     };
     input.abort();
     status
