@@ -68,6 +68,10 @@ struct Args {
     /// Extra sshd option for the openssh backend, as KEY=VALUE (repeatable).
     #[arg(long = "sshd-option", value_name = "KEY=VALUE")]
     sshd_options: Vec<String>,
+    /// Seconds a client has from connecting to logging in, as sshd's LoginGraceTime (both
+    /// backends).
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    login_grace: u64,
     /// Seconds live sessions may go on after SIGINT/SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_grace: u64,
@@ -157,7 +161,12 @@ async fn run(args: Args) -> Result<()> {
                 SshAuthArg::Tunnel => SshAuth::Tunnel,
                 SshAuthArg::Keys => SshAuth::Keys(user.home.join(&args.authorized_keys)),
             };
-            Backend::Embedded(Embedded::new(host_key, auth, user))
+            Backend::Embedded(Embedded::new(
+                host_key,
+                auth,
+                user,
+                Duration::from_secs(args.login_grace),
+            ))
         }
         BackendArg::Openssh => {
             let sshd = match args.sshd {
@@ -169,6 +178,7 @@ async fn run(args: Args) -> Result<()> {
                 host_key: host_key_path,
                 authorized_keys: args.authorized_keys,
                 user: user.name,
+                login_grace: Duration::from_secs(args.login_grace),
                 extra_options: args.sshd_options,
             })?)
         }
@@ -208,7 +218,8 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
+/// Cancels `shutdown` on SIGINT or SIGTERM. A second one ends hubsshd at once, status 1: the
+/// sessions still in their grace period are cut (sshd children see their pipes close).
 async fn on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
@@ -218,10 +229,17 @@ async fn on_signal(shutdown: CancellationToken) {
         tracing::warn!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    for received in 0.. {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        if received == 0 {
+            tracing::info!("signal received: shutting down");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        }
     }
-    tracing::info!("signal received: shutting down");
-    shutdown.cancel();
 }

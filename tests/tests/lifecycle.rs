@@ -249,3 +249,88 @@ fn a_vanished_client_hangs_up_its_shell() {
         );
     }
 }
+
+/// A peer that starts SSH and then says nothing.
+fn silent_ssh_peer(server: &Hubsshd) -> std::net::TcpStream {
+    let mut peer = std::net::TcpStream::connect(&server.addr).expect("connect");
+    peer.write_all(b"SSH-").expect("send");
+    peer
+}
+
+/// A peer that goes silent before logging in is disconnected at the end of the login grace
+/// period (`--login-grace`, sshd's LoginGraceTime), so it cannot hold a connection slot.
+#[test]
+fn a_silent_peer_is_disconnected_after_the_login_grace_period() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let server = env.start(backend, Route::Hubssh, &["--login-grace", "2"]);
+        let mut peer = silent_ssh_peer(&server);
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        let start = std::time::Instant::now();
+        let mut sink = Vec::new();
+        let ended = std::io::Read::read_to_end(&mut peer, &mut sink);
+        let still_connected = ended.as_ref().is_err_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        });
+        assert!(
+            !still_connected,
+            "{backend:?}: a silent peer was still connected after 20 s"
+        );
+        assert!(
+            start.elapsed() >= std::time::Duration::from_secs(1),
+            "{backend:?}: cut before the grace period"
+        );
+        assert_eq!(
+            env.ssh_run("echo served", 30).ok().stdout_text(),
+            "served\n"
+        );
+    }
+}
+
+/// Shutdown does not wait on a peer that never finished its SSH greeting.
+#[test]
+fn a_silent_peer_does_not_hold_up_shutdown() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let mut server = env.start(backend, Route::Hubssh, &["--shutdown-grace", "1"]);
+        let _peer = silent_ssh_peer(&server);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        server.signal(15);
+        let status = server.wait_exit(10);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{backend:?}: not stopped 10 s after SIGTERM with a silent peer: {status:?}\n{}",
+            server.log()
+        );
+    }
+}
+
+/// A second SIGTERM during the grace period ends hubsshd at once, with status 1.
+#[test]
+fn a_second_signal_ends_the_grace_period() {
+    let env = Env::new();
+    let mut server = env.start(
+        Backend::Embedded,
+        Route::Hubssh,
+        &["--shutdown-grace", "60"],
+    );
+    let live = env.spawn_ssh(&["hub", "sleep 60"], Stdio::null());
+    server.wait_for_login();
+    server.signal(15);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(server.wait_exit(0).is_none(), "the grace period is on");
+    server.signal(15);
+    let status = server.wait_exit(5);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "a second signal ends hubsshd at once\n{}",
+        server.log()
+    );
+    let out = procs::wait(live, 10, "the session cut by the second signal");
+    assert!(!out.status.success());
+}

@@ -34,6 +34,8 @@ pub struct OpenSshConfig {
     pub authorized_keys: String,
     /// The only user sshd lets in: the one hubsshd runs as.
     pub user: String,
+    /// sshd's LoginGraceTime.
+    pub login_grace: std::time::Duration,
     /// Extra `-o KEY=VALUE` options, after ours (sshd keeps the first value it sees for most
     /// keywords, so these cannot weaken the ones set here).
     pub extra_options: Vec<String>,
@@ -119,6 +121,7 @@ impl OpenSsh {
             "Subsystem=sftp internal-sftp".into(),
             "PrintMotd=no".into(),
             "AcceptEnv=LANG LC_* COLORTERM".into(),
+            format!("LoginGraceTime={}", c.login_grace.as_secs()),
         ];
         for o in options.into_iter().chain(c.extra_options.iter().cloned()) {
             args.push("-o".into());

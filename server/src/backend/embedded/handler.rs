@@ -43,19 +43,22 @@ pub struct Handler {
     /// `-R` listeners by "address:port", and the agent listener; closed with the connection.
     listeners: HashMap<String, ListenerTask>,
     agent: Option<tempfile::TempDir>,
+    /// Told when the client has logged in (the login grace period ends).
+    logged_in: Arc<tokio::sync::Notify>,
 }
 
 /// Where the agent socket lives inside its private directory.
 const AGENT_SOCKET: &str = "agent.sock";
 
 impl Handler {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, logged_in: Arc<tokio::sync::Notify>) -> Self {
         Handler {
             shared,
             channels: Arc::new(Channels::default()),
             sessions: HashMap::new(),
             listeners: HashMap::new(),
             agent: None,
+            logged_in,
         }
     }
 
@@ -218,6 +221,7 @@ impl russh::server::Handler for Handler {
         Ok(match self.shared.auth {
             SshAuth::Tunnel => {
                 info!(user, "accepted: the tunnel is authenticated");
+                self.logged_in.notify_one();
                 Auth::Accept
             }
             SshAuth::Keys(_) => reject(),
@@ -240,6 +244,7 @@ impl russh::server::Handler for Handler {
         let verdict = self.key_allowed(user, key.public_key);
         if matches!(verdict, Auth::Accept) {
             info!(user, key = %key.public_key.fingerprint(Default::default()), "accepted public key");
+            self.logged_in.notify_one();
         }
         Ok(verdict)
     }

@@ -19,7 +19,7 @@ use russh::server::Config;
 use russh::{cipher, Preferred};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use auth::SshAuth;
 pub use user::UserInfo;
@@ -30,6 +30,10 @@ const WINDOW: u32 = 8 * 1024 * 1024;
 /// Largest packet we accept. OpenSSH clients send 32 KiB; more lets other clients batch.
 const MAX_PACKET: u32 = 65535;
 
+/// How long a disconnect may take to be queued (the session's queue can be full of output
+/// for a client that stopped reading).
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+
 /// Delay after a rejected authentication attempt (each wrong key in an agent costs one).
 const AUTH_REJECTION: Duration = Duration::from_millis(100);
 
@@ -39,6 +43,9 @@ pub struct Embedded {
     relaxed: Arc<Config>,
     eager: Arc<Config>,
     shared: Arc<handler::Shared>,
+    /// How long a client has from connecting to logging in (OpenSSH's LoginGraceTime): a peer
+    /// that says nothing, or stalls before its login, is disconnected then, freeing its slot.
+    login_grace: Duration,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -50,7 +57,7 @@ impl std::fmt::Debug for Embedded {
 }
 
 impl Embedded {
-    pub fn new(host_key: PrivateKey, auth: SshAuth, user: UserInfo) -> Self {
+    pub fn new(host_key: PrivateKey, auth: SshAuth, user: UserInfo, login_grace: Duration) -> Self {
         let mut preferred = Preferred::default();
         // OpenSSH offers aes128-gcm; russh does not by default.
         let mut ciphers = preferred.cipher.to_vec();
@@ -79,6 +86,7 @@ impl Embedded {
             relaxed: Arc::new(config(super::Keepalive::Relaxed)),
             eager: Arc::new(config(super::Keepalive::Eager)),
             shared: Arc::new(handler::Shared { user, auth }),
+            login_grace,
         }
     }
 
@@ -96,29 +104,55 @@ impl Embedded {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let handler = handler::Handler::new(self.shared.clone());
+        let logged_in = Arc::new(tokio::sync::Notify::new());
+        let handler = handler::Handler::new(self.shared.clone(), logged_in.clone());
         let config = match keepalive {
             super::Keepalive::Relaxed => self.relaxed.clone(),
             super::Keepalive::Eager => self.eager.clone(),
         };
-        let running = russh::server::run_stream(config, stream, handler)
-            .await
-            .map_err(std::io::Error::other)?;
-        let handle = running.handle();
-        tokio::select! {
-            ended = running => match ended {
-                Ok(()) => debug!("ssh connection closed"),
-                Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    warn!(%e, "ssh connection ended")
-                }
-                Err(e) => debug!(%e, "ssh connection ended"),
-            },
-            _ = cancel.cancelled() => {
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "hubsshd is shutting down".into(), "en".into())
-                    .await;
+        let grace_over = tokio::time::sleep(self.login_grace);
+        tokio::pin!(grace_over);
+        // The version exchange: a peer that never sends its version line must not hold us.
+        let running = tokio::select! {
+            running = russh::server::run_stream(config, stream, handler) => {
+                running.map_err(std::io::Error::other)?
             }
-        }
+            _ = cancel.cancelled() => return Ok(()),
+            _ = &mut grace_over => {
+                info!(grace = ?self.login_grace, "closing connection: no SSH version line within the login grace period");
+                return Ok(());
+            }
+        };
+        let handle = running.handle();
+        let not_logged_in = async {
+            tokio::select! {
+                _ = logged_in.notified() => std::future::pending().await,
+                _ = &mut grace_over => (),
+            }
+        };
+        let goodbye = tokio::select! {
+            ended = running => {
+                match ended {
+                    Ok(()) => debug!("ssh connection closed"),
+                    Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        warn!(%e, "ssh connection ended")
+                    }
+                    Err(e) => debug!(%e, "ssh connection ended"),
+                }
+                return Ok(());
+            }
+            _ = cancel.cancelled() => "hubsshd is shutting down",
+            _ = not_logged_in => {
+                info!(grace = ?self.login_grace, "disconnecting: no login within the login grace period");
+                "no login within the login grace period"
+            }
+        };
+        let disconnect = handle.disconnect(
+            russh::Disconnect::ByApplication,
+            goodbye.into(),
+            "en".into(),
+        );
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, disconnect).await;
         Ok(())
     }
 }
