@@ -195,6 +195,23 @@ pub fn collect_lines(
     log
 }
 
+/// The child processes of `pid`, from every one of its threads.
+pub fn children(pid: u32) -> Vec<String> {
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+    tasks
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Polls `check` until it returns true or `secs` pass.
 pub fn wait_until(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);

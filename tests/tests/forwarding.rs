@@ -136,6 +136,51 @@ fn remote_forward_reaches_a_local_server() {
     );
 }
 
+/// A client that vanishes while a `-R` connection sits idle takes it down with the session: the
+/// connection on the server side is closed, and the session's command gets its stdin's end.
+#[test]
+fn a_vanished_client_closes_its_idle_remote_forwards() {
+    let env = Env::new();
+    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    // On the client's side, a target that accepts and then says nothing.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = target.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || target.accept().map(|(conn, _)| conn));
+    let remote = free_port();
+    let mut ssh = env.spawn_ssh(
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("{remote}:127.0.0.1:{local}"),
+            "hub",
+            "cat > /dev/null",
+        ],
+        Stdio::piped(),
+    );
+    server.wait_for_login();
+    assert!(wait_port(remote, 10), "the -R listener did not open");
+    let mut idle = TcpStream::connect(("127.0.0.1", remote)).unwrap();
+    let _target_side = held
+        .join()
+        .unwrap()
+        .expect("the forward reached its target");
+    procs::kill_tree(&mut ssh);
+    let _ = ssh.wait();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    let ended = idle.read(&mut [0u8; 16]);
+    assert!(
+        matches!(ended, Ok(0))
+            || ended
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "the idle -R connection outlived its session: {ended:?}"
+    );
+    let commands_ended = procs::wait_until(10, || procs::children(server.pid()).is_empty());
+    assert!(commands_ended, "the session's command outlived its client");
+}
+
 #[test]
 fn local_forward_to_a_unix_socket_and_refused_targets() {
     let env = Env::new();

@@ -4,25 +4,8 @@ use std::io::Write;
 use std::process::Stdio;
 
 use hubssh_tests::client::{Backend, Env, Route};
-use hubssh_tests::procs;
+use hubssh_tests::procs::{self, children};
 use hubssh_tests::server::Hubsshd;
-
-/// Child processes of `pid` (sshd -i and whatever it started).
-fn children(pid: u32) -> Vec<String> {
-    let tasks =
-        std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
-    tasks
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|task| {
-            std::fs::read_to_string(task.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
 
 /// How many processes under `pid`, at any depth, run the program `name`.
 fn descendants_named(pid: u32, name: &str) -> usize {

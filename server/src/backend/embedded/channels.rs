@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use russh::ChannelId;
+use tokio_util::sync::CancellationToken;
 
 use super::inbox::{inbox, Inbox, InboxTx};
 
@@ -23,13 +24,19 @@ enum Slot {
 #[derive(Default)]
 pub struct Channels {
     slots: Mutex<HashMap<ChannelId, Slot>>,
+    /// Fired when the connection has ended.
+    gone: CancellationToken,
 }
 
 impl Channels {
-    /// Creates the inbox for channel `id`, with anything that arrived before, in order.
+    /// Creates the inbox for channel `id`, with anything that arrived before, in order. Once the
+    /// connection has ended, the inbox is at its end at once.
     pub fn register(&self, id: ChannelId) -> Inbox {
         let (tx, rx) = inbox();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if self.gone.is_cancelled() {
+            return rx;
+        }
         if let Some(Slot::Held(data, eof)) = slots.insert(id, Slot::Live(tx.clone())) {
             for d in data {
                 tx.push_now(d);
@@ -74,5 +81,18 @@ impl Channels {
     pub fn remove(&self, id: ChannelId) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.remove(&id);
+    }
+
+    /// The connection has ended: every inbox reaches its end, and [`Channels::gone`] fires. Tasks
+    /// that still hold the table (forwarded connections) must not keep the channels alive.
+    pub fn close(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        self.gone.cancel();
+        slots.clear();
+    }
+
+    /// Resolves once the connection has ended.
+    pub async fn gone(&self) {
+        self.gone.cancelled().await
     }
 }

@@ -180,6 +180,10 @@ where
     drop(read);
     let id = write.id();
     let inbox = channels.register(id);
-    pump(stream, write, inbox, None).await;
+    tokio::select! {
+        _ = pump(stream, write, inbox, None) => {}
+        // An idle local peer would keep this task, and its stream, for good.
+        _ = channels.gone() => debug!("ssh connection gone: closing the forwarded connection"),
+    }
     channels.remove(id);
 }

@@ -47,6 +47,13 @@ pub struct Handler {
     logged_in: Arc<tokio::sync::Notify>,
 }
 
+impl Drop for Handler {
+    /// The connection has ended: its channels end with it, whoever still holds the table.
+    fn drop(&mut self) {
+        self.channels.close();
+    }
+}
+
 /// Where the agent socket lives inside its private directory.
 const AGENT_SOCKET: &str = "agent.sock";
 
