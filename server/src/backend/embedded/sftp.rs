@@ -256,9 +256,16 @@ impl russh_sftp::server::Handler for Sftp {
         })
     }
 
+    /// A file's close is checked, as sftp-server does: some file systems (NFS, a full quota)
+    /// report a failed write only there, and the client must hear of it.
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
-            Some(_) => Ok(ok(id)),
+            Some(Open::File(file)) => {
+                let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+                blocking(|| nix::unistd::close(fd))?;
+                Ok(ok(id))
+            }
+            Some(Open::Dir(_)) => Ok(ok(id)),
             None => Err(fail(StatusCode::Failure, "invalid handle")),
         }
     }
