@@ -276,6 +276,9 @@ impl ApiUrl {
                 break;
             }
             if let Some((status, start, Some(len))) = parse_response(&buf)? {
+                if len > MAX_ANSWER {
+                    return Err(invalid("the hub's answer is too large"));
+                }
                 if buf.len() >= start + len {
                     return Ok((status, buf[start..start + len].to_vec()));
                 }
@@ -320,6 +323,28 @@ fn invalid(what: &str) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hub that answers anything with `answer`; its API URL.
+    async fn hub_answering(answer: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let _ = conn.write_all(answer).await;
+            }
+        });
+        format!("http://{addr}/hub/api/")
+    }
+
+    #[tokio::test]
+    async fn an_impossible_content_length_is_an_error() {
+        let url =
+            hub_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n{}")
+                .await;
+        let api = ApiUrl::parse(&url).unwrap();
+        let e = api.get("/user", "t").await.unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+    }
 
     #[test]
     fn reads_token_and_bearer() {
