@@ -222,8 +222,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 if std::mem::take(&mut self.ping_due) {
                     self.put_frame(Opcode::Ping, b"", false);
                 }
-                let control = self.control.split();
-                self.wbuf.unsplit(control);
+                // Copied rather than unsplit: unsplit into an empty buffer would swap in the
+                // control queue's (small) allocation and free the big one, so that every data
+                // frame after it would allocate, fault in and zero a fresh buffer.
+                if !self.control.is_empty() {
+                    self.wbuf.extend_from_slice(&self.control);
+                    self.control.clear();
+                }
             }
             if self.wbuf.is_empty() {
                 return Poll::Ready(Ok(()));
