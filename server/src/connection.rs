@@ -23,7 +23,10 @@ pub async fn handle<S>(mut stream: S, server: Arc<Server>, raw_ssh: bool, cancel
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let dialect = match dialect::sniff(&mut stream).await {
+    let Some(sniffed) = until_cancelled(&cancel, dialect::sniff(&mut stream)).await else {
+        return;
+    };
+    let dialect = match sniffed {
         Ok(d) => d,
         Err(e) => {
             warn!(%e, "closing connection before it said anything useful");
@@ -62,7 +65,10 @@ async fn serve_http<S>(mut stream: S, first: Bytes, server: &Server, cancel: Can
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let head = match http::read_head(&mut stream, first).await {
+    let Some(head) = until_cancelled(&cancel, http::read_head(&mut stream, first)).await else {
+        return;
+    };
+    let head = match head {
         Ok(h) => h,
         Err(e) => {
             warn!(%e, "closing connection: bad HTTP request");
@@ -90,7 +96,10 @@ where
         return;
     }
     if let Auth::Hub(hub) = &server.auth {
-        let verdict = hub.check(head.authorization.as_deref()).await;
+        let check = hub.check(head.authorization.as_deref());
+        let Some(verdict) = until_cancelled(&cancel, check).await else {
+            return;
+        };
         if let Some((status, reason, body)) = verdict.refusal() {
             info!(%path, status, "websocket refused");
             let _ = http::respond(&mut stream, status, reason, &body).await;
@@ -98,7 +107,10 @@ where
         }
     }
     let keepalive = Keepalive::for_user_agent(head.user_agent.as_deref());
-    let ws = match upgrade::accept(stream, &head).await {
+    let Some(ws) = until_cancelled(&cancel, upgrade::accept(stream, &head)).await else {
+        return;
+    };
+    let ws = match ws {
         Ok(ws) => ws,
         Err(e) => {
             warn!(%e, %path, "websocket handshake failed");
@@ -107,6 +119,21 @@ where
     };
     info!(%path, ?keepalive, "websocket tunnel open");
     serve_ssh(ws, server, keepalive, cancel).await;
+}
+
+/// `work`, unless the sessions are ended first (shutdown's grace period is over): the steps before
+/// SSH have timeouts of their own, but longer than that grace period.
+async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = cancel.cancelled() => {
+            debug!("shutting down: closing a connection that had not reached SSH");
+            None
+        }
+    }
 }
 
 fn status_text(server: &Server) -> String {

@@ -274,13 +274,18 @@ fn a_silent_peer_is_disconnected_after_the_login_grace_period() {
     }
 }
 
-/// Shutdown does not wait on a peer that never finished its SSH greeting.
+/// Shutdown does not wait on peers stalled before SSH: one that never finished its SSH greeting,
+/// one that said nothing at all, one halfway through an HTTP request.
 #[test]
 fn a_silent_peer_does_not_hold_up_shutdown() {
     for backend in [Backend::Embedded, Backend::OpenSsh] {
         let env = Env::new();
         let mut server = env.start(backend, Route::Hubssh, &["--shutdown-grace", "1"]);
         let _peer = silent_ssh_peer(&server);
+        let _mute = std::net::TcpStream::connect(&server.addr).expect("connect");
+        let mut half = std::net::TcpStream::connect(&server.addr).expect("connect");
+        half.write_all(b"GET /user/test/sshd/ HTTP/1.1\r\nHost: x\r\n")
+            .expect("send");
         std::thread::sleep(std::time::Duration::from_millis(300));
         server.signal(15);
         let status = server.wait_exit(10);
