@@ -233,35 +233,48 @@ fn a_vanished_client_hangs_up_its_shell() {
     }
 }
 
-/// A peer that starts SSH and then says nothing.
-fn silent_ssh_peer(server: &Hubsshd) -> std::net::TcpStream {
+/// A peer that sends `greeting` and then says nothing.
+fn silent_peer(server: &Hubsshd, greeting: &[u8]) -> std::net::TcpStream {
     let mut peer = std::net::TcpStream::connect(&server.addr).expect("connect");
-    peer.write_all(b"SSH-").expect("send");
+    peer.write_all(greeting).expect("send");
     peer
 }
 
+/// Reads until the peer's end; panics if it has not come within `secs`.
+fn read_to_close(peer: &mut std::net::TcpStream, secs: u64, what: &str) {
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(secs)))
+        .expect("timeout");
+    let mut sink = Vec::new();
+    let ended = std::io::Read::read_to_end(peer, &mut sink);
+    let still_connected = ended.as_ref().is_err_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    });
+    assert!(!still_connected, "{what}: still connected after {secs} s");
+}
+
 /// A peer that goes silent before logging in is disconnected at the end of the login grace
-/// period (`--login-grace`, sshd's LoginGraceTime), so it cannot hold a connection slot.
+/// period (`--login-grace`, sshd's LoginGraceTime), so it cannot hold a connection slot: one that
+/// never finishes its version line, and one that stops in the key exchange.
 #[test]
 fn a_silent_peer_is_disconnected_after_the_login_grace_period() {
     for backend in [Backend::Embedded, Backend::OpenSsh] {
         let env = Env::new();
         let server = env.start(backend, Route::Hubssh, &["--login-grace", "2"]);
-        let mut peer = silent_ssh_peer(&server);
-        peer.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .expect("timeout");
         let start = std::time::Instant::now();
-        let mut sink = Vec::new();
-        let ended = std::io::Read::read_to_end(&mut peer, &mut sink);
-        let still_connected = ended.as_ref().is_err_and(|e| {
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            )
-        });
-        assert!(
-            !still_connected,
-            "{backend:?}: a silent peer was still connected after 20 s"
+        let mut unfinished = silent_peer(&server, b"SSH-");
+        let mut in_kex = silent_peer(&server, b"SSH-2.0-OpenSSH_9.9\r\n");
+        read_to_close(
+            &mut unfinished,
+            20,
+            &format!("{backend:?}, version line unfinished"),
+        );
+        read_to_close(
+            &mut in_kex,
+            20,
+            &format!("{backend:?}, silent in the key exchange"),
         );
         assert!(
             start.elapsed() >= std::time::Duration::from_secs(1),
@@ -274,24 +287,26 @@ fn a_silent_peer_is_disconnected_after_the_login_grace_period() {
     }
 }
 
-/// Shutdown does not wait on peers stalled before SSH: one that never finished its SSH greeting,
-/// one that said nothing at all, one halfway through an HTTP request.
+/// Shutdown does not wait on peers stalled before SSH: one that said nothing at all, one halfway
+/// through an HTTP request, one that never finished its SSH greeting.
 #[test]
 fn a_silent_peer_does_not_hold_up_shutdown() {
     for backend in [Backend::Embedded, Backend::OpenSsh] {
         let env = Env::new();
         let mut server = env.start(backend, Route::Hubssh, &["--shutdown-grace", "1"]);
-        let _peer = silent_ssh_peer(&server);
-        let _mute = std::net::TcpStream::connect(&server.addr).expect("connect");
-        let mut half = std::net::TcpStream::connect(&server.addr).expect("connect");
-        half.write_all(b"GET /user/test/sshd/ HTTP/1.1\r\nHost: x\r\n")
-            .expect("send");
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _mute = silent_peer(&server, b"");
+        let _half = silent_peer(&server, b"GET /user/test/sshd/ HTTP/1.1\r\nHost: x\r\n");
+        let mut greeting = silent_peer(&server, b"SSH-");
+        // Connections are accepted in order: once the last one hears the server's banner, all
+        // three are being served.
+        let mut banner = [0u8; 4];
+        std::io::Read::read_exact(&mut greeting, &mut banner).expect("the server's banner");
+        assert_eq!(&banner, b"SSH-");
         server.signal(15);
         let status = server.wait_exit(10);
         assert!(
             status.is_some_and(|s| s.success()),
-            "{backend:?}: not stopped 10 s after SIGTERM with a silent peer: {status:?}\n{}",
+            "{backend:?}: not stopped 10 s after SIGTERM with silent peers: {status:?}\n{}",
             server.log()
         );
     }
@@ -309,7 +324,12 @@ fn a_second_signal_ends_the_grace_period() {
     let live = env.spawn_ssh(&["hub", "sleep 60"], Stdio::null());
     server.wait_for_login();
     server.signal(15);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let first_seen = procs::wait_until(10, || server.log().contains("shutting down"));
+    assert!(
+        first_seen,
+        "the first signal was not taken:\n{}",
+        server.log()
+    );
     assert!(server.wait_exit(0).is_none(), "the grace period is on");
     server.signal(15);
     let status = server.wait_exit(5);

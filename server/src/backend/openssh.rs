@@ -121,9 +121,11 @@ impl OpenSsh {
             "Subsystem=sftp internal-sftp".into(),
             "PrintMotd=no".into(),
             "AcceptEnv=LANG LC_* COLORTERM".into(),
-            format!("LoginGraceTime={}", c.login_grace.as_secs()),
         ];
-        for o in options.into_iter().chain(c.extra_options.iter().cloned()) {
+        // After the admin's options: an --sshd-option LoginGraceTime of theirs still wins.
+        let grace = format!("LoginGraceTime={}", c.login_grace.as_secs());
+        let extra = c.extra_options.iter().cloned().chain([grace]);
+        for o in options.into_iter().chain(extra) {
             args.push("-o".into());
             args.push(o);
         }

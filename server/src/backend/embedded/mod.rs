@@ -11,13 +11,16 @@ mod sftp;
 mod tty_modes;
 mod user;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use russh::keys::PrivateKey;
 use russh::server::Config;
 use russh::{cipher, Preferred};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -104,6 +107,10 @@ impl Embedded {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // russh's session task owns the stream; cutting it is how a session that will not end
+        // after its disconnect (a peer mid key exchange, or one that stopped reading) is ended.
+        let cut = CancellationToken::new();
+        let stream = Cuttable::new(stream, cut.clone());
         let logged_in = Arc::new(tokio::sync::Notify::new());
         let handler = handler::Handler::new(self.shared.clone(), logged_in.clone());
         let config = match keepalive {
@@ -123,6 +130,7 @@ impl Embedded {
                 return Ok(());
             }
         };
+        let mut running = running;
         let handle = running.handle();
         let not_logged_in = async {
             tokio::select! {
@@ -131,7 +139,7 @@ impl Embedded {
             }
         };
         let goodbye = tokio::select! {
-            ended = running => {
+            ended = &mut running => {
                 match ended {
                     Ok(()) => debug!("ssh connection closed"),
                     Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -153,6 +161,122 @@ impl Embedded {
             "en".into(),
         );
         let _ = tokio::time::timeout(DISCONNECT_WAIT, disconnect).await;
+        // russh sends the disconnect only outside a key exchange, and then waits for the client
+        // to close: give it a moment, then cut the connection.
+        if tokio::time::timeout(DISCONNECT_WAIT, &mut running)
+            .await
+            .is_err()
+        {
+            debug!("the session did not end after its disconnect: cutting the connection");
+            cut.cancel();
+            let _ = tokio::time::timeout(DISCONNECT_WAIT, &mut running).await;
+        }
         Ok(())
+    }
+}
+
+/// A stream that can be cut from outside: once its token fires, reads see EOF and writes fail,
+/// and a read or write waiting on the stream wakes. The token is polled only when the stream
+/// itself has nothing ready, so the data path pays nothing while bytes flow.
+struct Cuttable<S> {
+    inner: S,
+    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    is_cut: bool,
+}
+
+impl<S> Cuttable<S> {
+    fn new(inner: S, token: CancellationToken) -> Self {
+        Cuttable {
+            inner,
+            cut: Box::pin(token.cancelled_owned()),
+            is_cut: false,
+        }
+    }
+
+    /// Whether the stream is cut; if not, `cx` is woken when it is.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.is_cut && self.cut.as_mut().poll(cx).is_ready() {
+            self.is_cut = true;
+        }
+        self.is_cut
+    }
+}
+
+fn cut_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection cut")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Cuttable<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_cut {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_cut {
+            return Poll::Ready(Err(cut_error()));
+        }
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Err(cut_error())),
+            other => other,
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_cut {
+            return Poll::Ready(Err(cut_error()));
+        }
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Err(cut_error())),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_cut {
+            return Poll::Ready(Err(cut_error()));
+        }
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Err(cut_error())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_cut {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Ok(())),
+            other => other,
+        }
     }
 }
