@@ -136,6 +136,27 @@ fn remote_forward_reaches_a_local_server() {
     );
 }
 
+/// TCP sockets on local port `port` that a process still holds (an orphaned socket, closed by
+/// its process and finishing its shutdown in the kernel, has inode 0).
+fn sockets_held_on_port(port: u16) -> usize {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .map(|line| {
+                    line.split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|f| f.len() > 9 && f[1].ends_with(&suffix) && f[9] != "0")
+        .count()
+}
+
 /// A client that vanishes while a `-R` connection sits idle takes it down with the session: the
 /// connection on the server side is closed, and the session's command gets its stdin's end.
 #[test]
@@ -177,6 +198,9 @@ fn a_vanished_client_closes_its_idle_remote_forwards() {
                 .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
         "the idle -R connection outlived its session: {ended:?}"
     );
+    // Fully closed, not just shut for writing: no process holds a socket on the -R port.
+    let closed = procs::wait_until(10, || sockets_held_on_port(remote) == 0);
+    assert!(closed, "hubsshd still holds the idle -R connection");
     let commands_ended = procs::wait_until(10, || procs::children(server.pid()).is_empty());
     assert!(commands_ended, "the session's command outlived its client");
 }

@@ -69,9 +69,9 @@ pub fn open_direct(
             match stream {
                 Stream::Tcp(s) => {
                     let _ = s.set_nodelay(true);
-                    pump(s, write, inbox, None).await
+                    pump(s, write, inbox, None, &channels).await
                 }
-                Stream::Unix(s) => pump(s, write, inbox, None).await,
+                Stream::Unix(s) => pump(s, write, inbox, None, &channels).await,
             }
         }
         .in_current_span(),
@@ -79,12 +79,15 @@ pub fn open_direct(
 }
 
 /// Carries bytes between a local stream and a channel until both directions end, then reports
-/// `exit_status` (if any: a subsystem's, which `scp` insists on) and closes the channel.
+/// `exit_status` (if any: a subsystem's, which `scp` insists on) and closes the channel. When the
+/// SSH connection goes, what the client sent still reaches the stream, and the stream is closed
+/// without waiting for its end: an idle peer would keep the task and the stream for good.
 pub async fn pump<S>(
     stream: S,
     channel: ChannelWriteHalf<Msg>,
     inbox: Inbox,
     exit_status: Option<u32>,
+    channels: &Channels,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -95,7 +98,13 @@ pub async fn pump<S>(
         }
     };
     let down = async {
-        forward_output(r, channel.make_writer()).await;
+        tokio::select! {
+            _ = forward_output(r, channel.make_writer()) => {}
+            _ = channels.gone() => {
+                debug!("ssh connection gone: closing the forwarded connection");
+                return;
+            }
+        }
         if let Some(code) = exit_status {
             let _ = channel.exit_status(code).await;
         }
@@ -180,10 +189,6 @@ where
     drop(read);
     let id = write.id();
     let inbox = channels.register(id);
-    tokio::select! {
-        _ = pump(stream, write, inbox, None) => {}
-        // An idle local peer would keep this task, and its stream, for good.
-        _ = channels.gone() => debug!("ssh connection gone: closing the forwarded connection"),
-    }
+    pump(stream, write, inbox, None, channels).await;
     channels.remove(id);
 }
