@@ -126,7 +126,12 @@ pub fn kill_tree(child: &mut Child) {
 
 /// Whether `child` (not yet reaped) leads its own process group, as the benchmark's commands do.
 fn leads_group(child: &Child) -> bool {
-    let Ok(pid) = i32::try_from(child.id()) else {
+    leads_own_group(child.id())
+}
+
+/// Whether process `pid` (alive or not yet reaped) leads its own process group.
+pub fn leads_own_group(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
     // SAFETY: a plain syscall with no memory involved.

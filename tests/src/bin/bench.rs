@@ -101,7 +101,8 @@ fn timed(work: impl FnOnce()) -> Timed {
 
 /// Ctrl-C (or SIGTERM) ends the benchmark together with what it started. Its ssh commands run in
 /// process groups of their own (so that a watchdog ends each with its ProxyCommand), out of the
-/// terminal's reach: they get SIGKILL by group, the servers SIGTERM (hubsshd then ends its sshd).
+/// terminal's reach: they get SIGKILL by group, the servers SIGTERM (for a hubsshd the terminal's
+/// Ctrl-C reached too, a second signal: it exits at once, and its sshd see their pipes close).
 fn end_children_on_interrupt() {
     let mut fds = [0; 2];
     // SAFETY: pipe(2) fills the array it is given.
@@ -125,13 +126,16 @@ fn end_children_on_interrupt() {
         // SAFETY: reads one byte into a local.
         while unsafe { libc::read(wake, (&mut byte as *mut u8).cast(), 1) } != 1 {}
         eprintln!("hubssh-bench: interrupted; ending the commands and servers it started");
-        let children = children();
-        for &(pid, leads_group) in &children {
-            if leads_group {
+        let children: Vec<u32> = procs::children(std::process::id())
+            .iter()
+            .filter_map(|pid| pid.parse().ok())
+            .collect();
+        for &pid in &children {
+            if procs::leads_own_group(pid) {
                 procs::kill_group(pid);
             }
         }
-        for &(pid, _) in &children {
+        for &pid in &children {
             // SAFETY: a plain syscall; these are our unreaped children.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
@@ -141,24 +145,6 @@ fn end_children_on_interrupt() {
 
 /// Where the signal handler of [`end_children_on_interrupt`] writes.
 static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-/// This process's children, each with whether it leads its own process group.
-fn children() -> Vec<(u32, bool)> {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| {
-        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(1);
-        let ppid: u32 = fields.next()?.parse().ok()?;
-        let pgrp: u32 = fields.next()?.parse().ok()?;
-        (ppid == me).then_some((pid, pgrp == pid))
-    })
-    .collect()
-}
 
 /// The CPUs of `HUBSSH_BENCH_PIN=C,S`: the client side's, then the server side's.
 fn pinning() -> Option<(usize, usize)> {
