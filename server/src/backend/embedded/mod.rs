@@ -200,10 +200,33 @@ impl<S> Cuttable<S> {
         }
         self.is_cut
     }
+
+    /// One poll of the inner stream, unless the stream is cut (then `when_cut`); one that would
+    /// wait ends as cut if the token has fired, and otherwise waits for it too.
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        when_cut: fn() -> std::io::Result<T>,
+        poll: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>>
+    where
+        S: Unpin,
+    {
+        if self.is_cut {
+            return Poll::Ready(when_cut());
+        }
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Pending if self.poll_cut(cx) => Poll::Ready(when_cut()),
+            other => other,
+        }
+    }
 }
 
-fn cut_error() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection cut")
+fn cut_error<T>() -> std::io::Result<T> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "connection cut",
+    ))
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Cuttable<S> {
@@ -212,14 +235,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Cuttable<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.is_cut {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Ok(())),
-            other => other,
-        }
+        self.get_mut()
+            .guard(cx, || Ok(()), |inner, cx| inner.poll_read(cx, buf))
     }
 }
 
@@ -229,14 +246,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.is_cut {
-            return Poll::Ready(Err(cut_error()));
-        }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Err(cut_error())),
-            other => other,
-        }
+        self.get_mut()
+            .guard(cx, cut_error, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -244,14 +255,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.is_cut {
-            return Poll::Ready(Err(cut_error()));
-        }
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Err(cut_error())),
-            other => other,
-        }
+        self.get_mut().guard(cx, cut_error, |inner, cx| {
+            inner.poll_write_vectored(cx, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -259,24 +265,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.is_cut {
-            return Poll::Ready(Err(cut_error()));
-        }
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Err(cut_error())),
-            other => other,
-        }
+        self.get_mut()
+            .guard(cx, cut_error, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.is_cut {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Pending if this.poll_cut(cx) => Poll::Ready(Ok(())),
-            other => other,
-        }
+        self.get_mut()
+            .guard(cx, || Ok(()), |inner, cx| inner.poll_shutdown(cx))
     }
 }
