@@ -138,8 +138,9 @@ pub fn leads_own_group(pid: u32) -> bool {
     unsafe { libc::getpgid(pid) == pid }
 }
 
-/// SIGKILL to the process group `pid` leads. The caller has not reaped `pid` (so no other
-/// process has it); if it leads no group, there is no group of that id and nothing happens.
+/// SIGKILL to the process group `pid` leads. Safe while `pid` is not reaped (no other process can
+/// have its id), or while its group still has members (the group keeps the id taken); if `pid` led
+/// no group, there is no group of that id and nothing happens.
 pub fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: a plain syscall with no memory involved.

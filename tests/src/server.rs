@@ -148,6 +148,18 @@ impl Hubsshd {
         self.child.id()
     }
 
+    /// Fails the test unless, within `secs`, hubsshd has no child process left (no sshd, shell or
+    /// command); the message names `what` was being checked, the processes left, and the log.
+    pub fn assert_nothing_left(&self, secs: u64, what: &str) {
+        let clean = procs::wait_until(secs, || procs::children(self.pid()).is_empty());
+        assert!(
+            clean,
+            "{what}: {:?}\n{}",
+            procs::children(self.pid()),
+            self.log()
+        );
+    }
+
     /// Sends `signal` to hubsshd.
     pub fn signal(&self, signal: i32) {
         // kill(1) rather than libc: the test library stays free of unsafe code.

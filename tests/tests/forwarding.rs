@@ -201,8 +201,7 @@ fn a_vanished_client_closes_its_idle_remote_forwards() {
     // Fully closed, not just shut for writing: no process holds a socket on the -R port.
     let closed = procs::wait_until(10, || sockets_held_on_port(remote) == 0);
     assert!(closed, "hubsshd still holds the idle -R connection");
-    let commands_ended = procs::wait_until(10, || procs::children(server.pid()).is_empty());
-    assert!(commands_ended, "the session's command outlived its client");
+    server.assert_nothing_left(10, "the session's command outlived its client");
 }
 
 #[test]

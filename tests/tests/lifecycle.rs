@@ -28,13 +28,7 @@ fn sessions_leave_nothing_behind(backend: Backend, route: Route) {
             format!("{i}\n")
         );
     }
-    let clean = procs::wait_until(10, || children(server.pid()).is_empty());
-    assert!(
-        clean,
-        "processes left after the sessions ended: {:?}\n{}",
-        children(server.pid()),
-        server.log()
-    );
+    server.assert_nothing_left(10, "processes left after the sessions ended");
 }
 
 #[test]
@@ -223,12 +217,9 @@ fn a_vanished_client_hangs_up_its_shell() {
         procs::kill_tree(&mut ssh);
         let _ = ssh.wait();
         drop(stdin);
-        let clean = procs::wait_until(15, || children(server.pid()).is_empty());
-        assert!(
-            clean,
-            "{backend:?}: left behind after the client vanished: {:?}\n{}",
-            children(server.pid()),
-            server.log()
+        server.assert_nothing_left(
+            15,
+            &format!("{backend:?}: left behind after the client vanished"),
         );
     }
 }
