@@ -149,7 +149,7 @@ impl Hubsshd {
     }
 
     /// Fails the test unless, within `secs`, hubsshd has no child process left (no sshd, shell or
-    /// command); the message names `what` was being checked, the processes left, and the log.
+    /// command). The failure message is `what`, then the processes left, then hubsshd's log.
     pub fn assert_nothing_left(&self, secs: u64, what: &str) {
         let clean = procs::wait_until(secs, || procs::children(self.pid()).is_empty());
         assert!(
