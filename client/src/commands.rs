@@ -12,7 +12,7 @@ use crate::endpoint::Endpoint;
 use crate::hub_api::HubApi;
 use crate::net_proxy;
 use crate::ssh_config;
-use crate::store::{self, Host, Login, Store};
+use crate::store::{self, name_in_path, Host, Login, Store};
 use crate::tls;
 use crate::token::{self, Token};
 
@@ -294,6 +294,11 @@ pub fn user_and_server(url: &str) -> Option<(String, String)> {
     }
 }
 
+/// The hub API path of `user`'s model, the name escaped for a path.
+pub fn users_path(user: &str) -> String {
+    format!("/users/{}", name_in_path(user))
+}
+
 /// How long a start may take before hubssh gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -301,9 +306,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(600);
 /// is ready, showing the hub's progress on stderr.
 pub async fn start_server(api: &HubApi, user: &str, server: &str) -> anyhow::Result<()> {
     let base = if server.is_empty() {
-        format!("/users/{user}/server")
+        format!("{}/server", users_path(user))
     } else {
-        format!("/users/{user}/servers/{server}")
+        format!("{}/servers/{}", users_path(user), name_in_path(server))
     };
     let label = if server.is_empty() {
         format!("{user}'s server")

@@ -163,7 +163,7 @@ pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<b
         } else {
             format!("{user}'s server {server:?}")
         };
-        let answer = api.call("GET", &format!("/users/{user}"), None).await?;
+        let answer = api.call("GET", &commands::users_path(&user), None).await?;
         let model = answer.json("GET /hub/api/users").unwrap_or_default();
         let entry = &model["servers"][&server];
         match answer.status {

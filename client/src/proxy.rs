@@ -153,7 +153,7 @@ async fn named_server_stopped(
     }
     let api = net.api(&endpoint.hub_url(), token).ok()?;
     let answer = api
-        .call("GET", &format!("/users/{user}"), None)
+        .call("GET", &commands::users_path(&user), None)
         .await
         .ok()?;
     let model = answer.json("GET /hub/api/users").ok()?;

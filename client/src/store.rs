@@ -68,24 +68,32 @@ impl Host {
     }
 }
 
-/// `HUB/user/USER/[SERVER/]sshd/`, names percent-encoded.
+/// What JupyterHub leaves unescaped in a user or server name in its URLs (`quote(name,
+/// safe='@~')`, which also keeps `-._`). The hub's proxy forwards the path as it is, and the
+/// single-user server matches it byte for byte: `alice%40example.org` is not `alice@example.org`.
+pub const NAME_IN_PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@');
+
+/// A user or server name as JupyterHub writes it in a URL path.
+pub fn name_in_path(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, NAME_IN_PATH).to_string()
+}
+
+/// `HUB/user/USER/[SERVER/]sshd/`, names escaped as JupyterHub escapes them.
 pub fn tunnel_url(hub: &str, user: &str, server: &str) -> String {
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-            .to_string()
-            .replace("%2D", "-")
-            .replace("%2E", ".")
-            .replace("%5F", "_")
-    };
     let server = if server.is_empty() {
         String::new()
     } else {
-        format!("{}/", enc(server))
+        format!("{}/", name_in_path(server))
     };
     format!(
         "{}/user/{}/{server}sshd/",
         hub.trim_end_matches('/'),
-        enc(user)
+        name_in_path(user)
     )
 }
 
@@ -224,6 +232,11 @@ mod tests {
         assert_eq!(
             tunnel_url("https://h/prefix", "a.b-c_d", "gpu 1"),
             "https://h/prefix/user/a.b-c_d/gpu%201/sshd/"
+        );
+        // As JupyterHub spells them (OAuth hubs often name users by email address).
+        assert_eq!(
+            tunnel_url("https://h", "alice@example.org", "~x#?%/"),
+            "https://h/user/alice@example.org/~x%23%3F%25%2F/sshd/"
         );
     }
 

@@ -16,6 +16,8 @@ use hubssh_tests::procs::{self, Finished};
 const ALICE: &str = "hubssh-alice";
 /// Her servers are started and stopped by these tests only.
 const DORA: &str = "hubssh-dora";
+/// Named by her email address, as OAuth hubs name users.
+const ERIN: &str = "hubssh-erin@example.org";
 
 /// `hubssh ARGS` with its config in `cfg`, `stdin` fed to it.
 fn hubssh(cfg: &Path, args: &[&str], stdin: &str) -> Finished {
@@ -223,6 +225,49 @@ fn config_add_writes_one_block_and_ssh_uses_it() {
         broken.stderr_text().contains("without an end marker"),
         "{}",
         broken.stderr_text()
+    );
+}
+
+#[test]
+fn config_add_reaches_a_user_named_by_email() {
+    // JupyterHub keeps `@` as it is in a server's URL, and its proxy and the server match the
+    // path byte for byte: `%40` there would be a 404.
+    let hub = hub();
+    hub.start_server(ERIN);
+    let env = Env::new();
+    let cfg = env.path().join("cfg");
+    let (token, _) = hub.token(ERIN, None, env.path());
+    let login = hubssh(&cfg, &["login", &hub.url()], &token_text(&token));
+    assert!(login.status.success(), "{}", login.stderr_text());
+    let ssh_config = env.path().join("ssh_config");
+    std::fs::write(&ssh_config, hand_written(&env)).unwrap();
+    let file = ssh_config.display().to_string();
+    let add = hubssh(
+        &cfg,
+        &[
+            "config",
+            "add",
+            "mail",
+            "--hub",
+            &hub.url(),
+            "--ssh-config",
+            &file,
+        ],
+        "",
+    );
+    assert!(add.status.success(), "{}", add.stderr_text());
+    let list = hubssh(&cfg, &["config", "list"], "");
+    assert!(
+        list.stdout_text()
+            .contains(&format!("mail\t{}", hub.sshd_url(ERIN))),
+        "{}",
+        list.stdout_text()
+    );
+    let out = ssh_name(&cfg, &ssh_config, "mail");
+    assert!(
+        out.status.success() && out.stdout_text() == "ok\n",
+        "{}",
+        out.stderr_text()
     );
 }
 
