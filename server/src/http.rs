@@ -27,6 +27,9 @@ pub struct Head {
     pub authorization: Option<String>,
     /// `User-Agent` header value, if any.
     pub user_agent: Option<String>,
+    /// Whether the request has an `Origin` header: browsers send one with every WebSocket
+    /// they open; hubssh, websocat and jupyter-server-proxy (for them) send none.
+    pub has_origin: bool,
     /// Length of the head within `raw`: what follows are the client's first frames.
     pub len: usize,
     /// Whether `Connection` lists `upgrade`.
@@ -97,6 +100,7 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
                 upgrade,
                 authorization: header("authorization"),
                 user_agent: header("user-agent"),
+                has_origin: header("origin").is_some(),
                 len,
                 connection_upgrade: header("connection").is_some_and(|v| {
                     v.split(',')

@@ -81,9 +81,6 @@ pub fn check_exposure(listener: &Listener, server: &Server) -> Result<(), ServeE
             if let Err(why) = listener.private_to_owner() {
                 return Err(ServeError::TunnelExposed(listener.describe(), why));
             }
-            if matches!(listener, Listener::Tcp(_)) {
-                warn!("--ssh-auth tunnel on loopback TCP: any local user can log in as this user; use it for tests and demos only");
-            }
         }
     }
     Ok(())

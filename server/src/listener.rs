@@ -91,13 +91,15 @@ impl Listener {
         }
     }
 
-    /// Whether only this user can connect without the hub's say-so: a unix socket whose
-    /// directory nobody else can write to (so nobody can swap the socket), or loopback TCP (which
-    /// is for tests and demos: other local users can reach it). `Err` says why not.
+    /// Whether only this user can connect without the hub's say-so: a unix socket (0600) whose
+    /// directory nobody else can write to, so nobody can swap the socket. Never TCP: every local
+    /// user (and any web page, through the browser) can reach loopback. `Err` says why not.
     pub fn private_to_owner(&self) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
         match self {
-            Listener::Tcp(_) if self.is_local() => Ok(()),
+            Listener::Tcp(_) if self.is_local() => {
+                Err("every local user can connect to loopback TCP".into())
+            }
             Listener::Tcp(_) => Err("it is a network address".into()),
             Listener::Unix { path, .. } => {
                 let dir = path

@@ -27,6 +27,15 @@ fn check(head: &Head) -> Result<&str, (u16, &'static str, &'static str)> {
     if head.method != "GET" {
         return Err((405, "Method Not Allowed", "the upgrade must be a GET"));
     }
+    // A page in the user's browser may open a WebSocket to any address, loopback included, with
+    // the browser's cookies: the tunnel is for SSH clients only.
+    if head.has_origin {
+        return Err((
+            403,
+            "Forbidden",
+            "a web page's request (it has Origin): the tunnel is for SSH clients",
+        ));
+    }
     if !head.connection_upgrade {
         return Err((400, "Bad Request", "Connection does not list upgrade"));
     }
@@ -108,7 +117,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_upgrade_gets_an_http_answer() {
-        let cases: [(&str, &str); 3] = [
+        let key = "Connection: upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a\r\n";
+        let from_a_page = format!("{key}Origin: https://example.org\r\n");
+        let cases: [(&str, &str); 4] = [
+            (&from_a_page, "403"),
             (
                 "Connection: upgrade\r\nSec-WebSocket-Version: 13\r\n",
                 "400",

@@ -85,6 +85,18 @@ fn tunnel_policy_is_refused_where_others_could_connect() {
         ],
         "lets anyone",
     );
+    refuse(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "none",
+            "--ssh-auth",
+            "tunnel",
+            "--allow-root-tunnel",
+        ],
+        "every local user can connect",
+    );
     let open_dir = scratch.path().join("open");
     std::fs::create_dir(&open_dir).unwrap();
     std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
