@@ -53,8 +53,8 @@ enum Command {
         /// A host added with `hubssh config add`, or an endpoint URL such as
         /// https://hub.example.org/user/NAME/sshd/
         target: String,
-        /// Read the hub API token from this file [default: $HUBSSH_TOKEN, $JUPYTERHUB_API_TOKEN,
-        /// then the token saved by `hubssh login`].
+        /// Read the hub API token from this file [default: $HUBSSH_TOKEN, $JUPYTERHUB_API_TOKEN
+        /// (for its own hub only), then the token saved by `hubssh login`].
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         /// Start the server if it is not running, showing the hub's progress.

@@ -75,7 +75,8 @@ pub fn resolve(target: &str, token_file: Option<&Path>) -> Result<Resolved, Prox
             .ok_or_else(|| ProxyError::UnknownName(target.to_owned()))?;
         (host.url(), host.start)
     };
-    let token = match token::load(token_file, |name| std::env::var(name).ok())? {
+    let env = |name: &str| std::env::var(name).ok();
+    let token = match token::load(token_file, &url, env)? {
         Some(t) => Some(t),
         None => {
             let endpoint = Endpoint::parse(&url)?;
@@ -89,6 +90,11 @@ pub fn resolve(target: &str, token_file: Option<&Path>) -> Result<Resolved, Prox
             }
         }
     };
+    if token.is_none() {
+        if let Some(hub) = token::foreign_hub(&url, env) {
+            eprintln!("hubssh: JUPYTERHUB_API_TOKEN is not sent: it is for the hub at {hub}, not this one (set HUBSSH_TOKEN to send a token anyway)");
+        }
+    }
     Ok(Resolved { url, start, token })
 }
 

@@ -1,4 +1,5 @@
-//! TLS client settings: the platform's roots, plus `SSL_CERT_FILE` and `--cacert`.
+//! TLS client settings: the platform's roots (or, as with OpenSSL, `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR` instead of them when set), plus `--cacert`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,9 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds the client TLS configuration: platform roots, then `SSL_CERT_FILE`, then `cacert`.
+/// Builds the client TLS configuration: platform roots (replaced by `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` when set; the file is read here again for a clear error when it is
+/// unreadable), then `cacert`.
 /// `insecure` accepts any certificate (with a warning on stderr): for a hub on a self-signed
 /// certificate, when asked for explicitly.
 pub fn client_config(

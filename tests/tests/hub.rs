@@ -145,6 +145,50 @@ fn refusals_say_what_happened() {
     );
 }
 
+#[test]
+fn the_hubs_own_token_goes_to_that_hub_only() {
+    // What a terminal in a hub server has: JUPYTERHUB_API_TOKEN, and the hub it is for.
+    let hub = hub();
+    hub.start_server(ALICE);
+    let env = Env::new();
+    let (token, _) = hub.token(ALICE, None, env.path());
+    let token = std::fs::read_to_string(token).unwrap();
+    env.write_keyless_config(ALICE, &proxy_command(None, &hub.sshd_url(ALICE)));
+    let ssh_with = |hub_var: &str, hub_url: &str| {
+        procs::output(
+            env.ssh()
+                .env_remove("HUBSSH_TOKEN")
+                .env_remove("JUPYTERHUB_API_URL")
+                .env_remove("JUPYTERHUB_PUBLIC_HUB_URL")
+                .env_remove("JUPYTERHUB_PUBLIC_URL")
+                .env("JUPYTERHUB_API_TOKEN", token.trim())
+                .env(hub_var, hub_url)
+                .args(["hub", "echo in"]),
+            60,
+        )
+    };
+
+    let elsewhere = ssh_with(
+        "JUPYTERHUB_API_URL",
+        "https://another-hub.example.org/hub/api",
+    );
+    let stderr = elsewhere.stderr_text();
+    assert!(!elsewhere.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("JUPYTERHUB_API_TOKEN is not sent: it is for the hub at https://another-hub.example.org/hub/api")
+            && stderr.contains("none was given"),
+        "{stderr}"
+    );
+
+    let here = ssh_with("JUPYTERHUB_PUBLIC_HUB_URL", &format!("{}/hub/", hub.url()));
+    assert_eq!(
+        here.stdout_text(),
+        "in\n",
+        "the token of this hub, sent to it: {}",
+        here.stderr_text()
+    );
+}
+
 /// Pids of processes named `comm` run by `uid`.
 fn pids_of(comm: &str, uid: u32) -> Vec<u32> {
     let mut pids = Vec::new();
