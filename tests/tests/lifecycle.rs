@@ -1,7 +1,7 @@
 //! Sessions come and go without leaving anything behind, and shutdown ends what is left.
 
 use std::io::Write;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::procs::{self, children};
@@ -68,6 +68,41 @@ fn shutdown_ends_sessions(backend: Backend) {
     assert!(!socket.exists(), "the unix socket is removed on exit");
     let out = procs::wait(live, 10, "the session cut by shutdown");
     assert!(!out.status.success());
+}
+
+/// Ctrl-C at hubsshd's terminal signals its whole process group: sessions still get the grace
+/// period (sshd, in that group, would otherwise end them at once).
+#[test]
+fn ctrl_c_at_its_terminal_leaves_sessions_their_grace_period() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let (mut cmd, socket) = Hubsshd::command(
+            env.path(),
+            backend,
+            Route::Raw.listen(),
+            &env.authorized_keys,
+            &["--shutdown-grace", "30"],
+        );
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut server = Hubsshd::spawn(cmd, socket);
+        env.write_config(&env.proxy_command(Route::Raw, &server));
+        let live = env.spawn_ssh(&["hub", "sleep 2; echo finished"], Stdio::null());
+        server.wait_for_login();
+        let group = format!("-{}", server.pid());
+        let _ = Command::new("kill").args(["-INT", "--", &group]).status();
+        let out = procs::wait(live, 30, "the session in the grace period");
+        assert_eq!(
+            out.stdout_text(),
+            "finished\n",
+            "{backend:?}: {}\n{}",
+            out.stderr_text(),
+            server.log()
+        );
+        let status = server
+            .wait_exit(30)
+            .expect("hubsshd exits once its sessions are done");
+        assert!(status.success(), "{backend:?}: {status}\n{}", server.log());
+    }
 }
 
 /// hubsshd started with `var` (name, value) in its environment, `Host hub` pointed at it.

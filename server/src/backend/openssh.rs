@@ -36,13 +36,20 @@ pub struct OpenSshConfig {
     pub user: String,
     /// sshd's LoginGraceTime.
     pub login_grace: std::time::Duration,
-    /// Extra `-o KEY=VALUE` options, after ours (sshd keeps the first value it sees for most
-    /// keywords, so these cannot weaken the ones set here).
+    /// Extra `-o KEY=VALUE` options, after ours. sshd keeps the first value it sees for most
+    /// keywords, so these cannot weaken the ones set here; the few lists it adds to instead are
+    /// refused ([`ADDS_TO_OURS`]).
     pub extra_options: Vec<String>,
 }
 
+/// Keywords we set whose values sshd appends to rather than keeping the first: an
+/// `--sshd-option` would widen ours (`AllowUsers=*` lets every account in).
+const ADDS_TO_OURS: [&str; 2] = ["AllowUsers", "AcceptEnv"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenSshError {
+    #[error("--sshd-option {0}: hubsshd sets {1} itself, and sshd would add this to it instead of keeping the first value")]
+    Widens(String, &'static str),
     #[error("OpenSSH sshd not found (looked in PATH, /usr/sbin, /usr/local/sbin, /sbin): install openssh-server, pass --sshd PATH, or use --backend embedded")]
     NotFound,
     #[error("{} is not usable: {reason}", path.display())]
@@ -73,6 +80,7 @@ impl OpenSsh {
     /// Checks that sshd accepts the configuration (`sshd -t`), so a broken install is an error
     /// at start rather than at the first connection.
     pub fn new(config: OpenSshConfig) -> Result<Self, OpenSshError> {
+        check_extra(&config.extra_options)?;
         if !is_executable(&config.sshd) {
             return Err(OpenSshError::Unusable {
                 path: config.sshd.clone(),
@@ -154,6 +162,9 @@ impl OpenSsh {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at hubsshd's terminal is for hubsshd, which then
+            // gives sessions their grace period, not for every sshd at once.
+            .process_group(0)
             .kill_on_drop(true);
         for (name, _) in std::env::vars_os().filter(|(k, _)| crate::allocator::is_own_setting(k)) {
             sshd.env_remove(name);
@@ -206,6 +217,21 @@ impl OpenSsh {
         debug!(%status, "sshd exited");
         Ok(())
     }
+}
+
+/// Refuses extra options that sshd would add to one of ours rather than ignore.
+fn check_extra(options: &[String]) -> Result<(), OpenSshError> {
+    for option in options {
+        let key = option
+            .trim_start()
+            .split(['=', ' ', '\t'])
+            .next()
+            .unwrap_or_default();
+        if let Some(ours) = ADDS_TO_OURS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            return Err(OpenSshError::Widens(option.clone(), ours));
+        }
+    }
+    Ok(())
 }
 
 /// Ends sshd: SIGTERM, then SIGKILL if it is still there after [`TERM_GRACE`].
@@ -273,5 +299,21 @@ impl AsyncWrite for ClosingStdin {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.0 = None;
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_options_may_not_add_to_our_lists() {
+        let check = |o: &str| check_extra(&[o.to_owned()]);
+        assert!(check("ClientAliveInterval=5").is_ok());
+        assert!(check("DenyUsers=bob").is_ok());
+        for widening in ["AllowUsers=*", "allowusers *", " AcceptEnv=LD_*"] {
+            let err = check(widening).unwrap_err().to_string();
+            assert!(err.contains("sets ") && err.contains(widening), "{err}");
+        }
     }
 }
