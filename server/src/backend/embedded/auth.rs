@@ -24,8 +24,26 @@ impl SshAuth {
     }
 }
 
+/// authorized_keys options that change nothing here: no X11 forwarding and no `~/.ssh/rc` is
+/// all the embedded server does anyway.
+const OPTIONS_WE_MEET: [&str; 2] = ["no-x11-forwarding", "no-user-rc"];
+
+/// The options of an entry the embedded server would not enforce (`command=`, `restrict`,
+/// `from=`, `no-pty`...): such a key was meant to be limited, so it is not let in at all.
+fn unenforced_options(entry: &russh::keys::ssh_key::authorized_keys::Entry) -> Vec<&str> {
+    entry
+        .config_opts()
+        .iter()
+        .filter(|o| {
+            let name = o.split('=').next().unwrap_or_default();
+            !OPTIONS_WE_MEET.iter().any(|m| m.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
 /// Whether `key` is listed in the authorized_keys file at `path`. A missing or unreadable file
-/// lists nothing. Keys are compared by key data only (comments and options aside).
+/// lists nothing. Keys are compared by key data only; an entry with options the embedded server
+/// does not enforce lets nobody in (with a warning saying why).
 pub fn is_authorized(path: &Path, key: &PublicKey) -> bool {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -35,7 +53,18 @@ pub fn is_authorized(path: &Path, key: &PublicKey) -> bool {
         }
     };
     AuthorizedKeys::new(&text).any(|entry| match entry {
-        Ok(entry) => entry.public_key().key_data() == key.key_data(),
+        Ok(entry) if entry.public_key().key_data() == key.key_data() => {
+            let unenforced = unenforced_options(&entry);
+            if !unenforced.is_empty() {
+                warn!(
+                    path = %path.display(),
+                    options = unenforced.join(","),
+                    "refusing a key whose authorized_keys options the embedded server does not enforce; remove them, or use --backend openssh"
+                );
+            }
+            unenforced.is_empty()
+        }
+        Ok(_) => false,
         Err(e) => {
             warn!(%e, path = %path.display(), "skipping an unreadable authorized_keys line");
             false
@@ -58,10 +87,22 @@ mod tests {
         let line = listed.public_key().to_openssh().unwrap();
         std::fs::write(
             &path,
-            format!("# comment\n\nnot a key line\nno-pty {line} other-comment\n"),
+            format!(
+                "# comment\n\nnot a key line\nno-X11-forwarding,no-user-rc {line} other-comment\n"
+            ),
         )
         .unwrap();
         assert!(is_authorized(&path, listed.public_key()));
+        // Meant to be limited: not let in rather than let in without the limits.
+        for options in [
+            "no-pty",
+            "restrict",
+            "command=\"rrsync ~/backup\"",
+            "from=\"10.0.0.0/8\",no-user-rc",
+        ] {
+            std::fs::write(&path, format!("{options} {line}\n")).unwrap();
+            assert!(!is_authorized(&path, listed.public_key()), "{options}");
+        }
         assert!(!is_authorized(&path, other.public_key()));
         assert!(!is_authorized(
             &dir.path().join("missing"),
