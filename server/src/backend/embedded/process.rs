@@ -21,9 +21,14 @@ use super::inbox::Inbox;
 /// Read size for a command's output: two OpenSSH client packets.
 const OUTPUT_CHUNK: usize = 64 * 1024;
 
-/// After a pty shell exits, how long output still in the pty may take to reach the client.
-/// Background jobs may hold the pty open; like OpenSSH we do not wait for them.
+/// After a pty shell exits, its output goes on to the client until the pty has had nothing to
+/// read for this long: background jobs may hold the pty open, and like OpenSSH we do not wait
+/// for them. Writing what was read may take as long as the client's link needs.
 const PTY_DRAIN: Duration = Duration::from_millis(500);
+
+/// The longest a session goes on after its pty shell exited (a background job writing to the
+/// terminal without pause would otherwise keep it open).
+const PTY_DRAIN_MAX: Duration = Duration::from_secs(30);
 
 /// What the client asked for with `pty-req`.
 #[derive(Debug, Clone)]
@@ -278,10 +283,16 @@ async fn run_pty(
             }
         }
     });
-    let mut output = Box::pin(forward_output(reader, channel.make_writer()));
+    let (draining, drain) = tokio::sync::watch::channel(false);
+    let mut output = Box::pin(copy_output(reader, channel.make_writer(), Some(drain)));
     let status = tokio::select! {
         status = child.wait() => {
-            let _ = tokio::time::timeout(PTY_DRAIN, &mut output).await;
+            let _ = draining.send(true);
+            tokio::select! {
+                _ = &mut output => {}
+                _ = &mut input => {} // the channel is gone: nobody to write to
+                _ = tokio::time::sleep(PTY_DRAIN_MAX) => debug!("stopped draining the terminal"),
+            }
             status
         }
         _ = &mut output => child.wait().await,
@@ -298,14 +309,32 @@ async fn run_pty(
 }
 
 /// Copies a command's output to the channel until EOF (a pty reports EIO once the shell is gone).
-pub async fn forward_output<R, W>(mut from: R, mut to: W)
+pub async fn forward_output<R, W>(from: R, to: W)
 where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    copy_output(from, to, None).await;
+}
+
+/// [`forward_output`]; once `drain` turns true, it also ends when a read has waited
+/// [`PTY_DRAIN`] (bytes already read are always written).
+async fn copy_output<R, W>(
+    mut from: R,
+    mut to: W,
+    mut drain: Option<tokio::sync::watch::Receiver<bool>>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; OUTPUT_CHUNK];
     loop {
-        match from.read(&mut buf).await {
+        // A read is cancel-safe: one given up on has taken nothing.
+        let read = tokio::select! {
+            read = from.read(&mut buf) => read,
+            () = quiet_while_draining(drain.as_mut()) => break,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if to.write_all(&buf[..n]).await.is_err() {
@@ -315,6 +344,19 @@ where
         }
     }
     let _ = to.flush().await;
+}
+
+/// Resolves [`PTY_DRAIN`] after `drain` turns true; never without one.
+async fn quiet_while_draining(drain: Option<&mut tokio::sync::watch::Receiver<bool>>) {
+    let on = match drain {
+        Some(drain) => drain.wait_for(|on| *on).await.is_ok(),
+        None => false,
+    };
+    if on {
+        tokio::time::sleep(PTY_DRAIN).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn tty_name(pts: &pty_process::Pts) -> Option<String> {
@@ -331,6 +373,31 @@ fn to_io(e: pty_process::Error) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_draining_terminal_writes_all_it_read_then_stops_when_quiet() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The pty: 10 KiB of output, and a background job keeping it open.
+        let (mut pty, from) = tokio::io::duplex(64 * 1024);
+        pty.write_all(&[b'x'; 10 * 1024]).await.unwrap();
+        // The channel: a client that takes nothing for 1.5 s (its window is shut).
+        let (to, mut client) = tokio::io::duplex(1024);
+        let (draining, drain) = tokio::sync::watch::channel(true);
+        let copy = tokio::spawn(copy_output(from, to, Some(drain)));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got));
+        read.await
+            .expect("the drain ends once the pty is quiet")
+            .unwrap();
+        assert_eq!(
+            got.len(),
+            10 * 1024,
+            "all of what was read reaches the client"
+        );
+        copy.await.unwrap();
+        drop((pty, draining));
+    }
 
     #[test]
     fn signal_names_round_trip() {
