@@ -259,6 +259,84 @@ fn a_vanished_client_hangs_up_its_shell() {
     }
 }
 
+/// A command writing more than the client takes, when the client vanishes: its output pipe is
+/// closed, so it gets SIGPIPE at its next write (as with sshd) instead of blocking for ever.
+/// Likewise an SFTP download cut off mid-file leaves nothing behind.
+#[test]
+fn a_vanished_client_stops_a_command_blocked_on_its_output() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let server = env.start(backend, Route::Hubssh, &[]);
+        // stdout not read: the channel's window shuts and `yes` blocks writing.
+        let mut ssh = env.spawn_ssh(&["hub", "exec yes"], Stdio::null());
+        let running = procs::wait_until(10, || descendants_named(server.pid(), "yes") > 0);
+        assert!(running, "{backend:?}: the command did not start");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        procs::kill_tree(&mut ssh);
+        let _ = ssh.wait();
+        server.assert_nothing_left(
+            15,
+            &format!("{backend:?}: left behind after the client vanished"),
+        );
+    }
+}
+
+/// hubsshd's threads named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_vanished_client_ends_its_sftp_session() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let server = env.start(backend, Route::Hubssh, &[]);
+        let big = env.path().join("big");
+        std::fs::File::create(&big)
+            .and_then(|f| f.set_len(1 << 30))
+            .expect("a sparse 1 GiB file");
+        let batch = env.path().join("batch");
+        std::fs::write(&batch, format!("get {} /dev/null\n", big.display())).unwrap();
+        let mut sftp = env.sftp(&batch);
+        std::os::unix::process::CommandExt::process_group(&mut sftp, 0);
+        let sftp = sftp
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sftp");
+        let group = format!("-{}", sftp.id());
+        let started = procs::wait_until(10, || {
+            threads_named(server.pid(), "hubsshd-sftp") > 0
+                || descendants_named(server.pid(), "sshd") > 1
+        });
+        assert!(started, "{backend:?}: no SFTP session");
+        // The laptop sleeps mid-download (the window shuts), then its connection is gone.
+        let _ = Command::new("kill").args(["-STOP", "--", &group]).status();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let ended = procs::wait_until(15, || threads_named(server.pid(), "hubsshd-sftp") == 0);
+        assert!(
+            ended,
+            "{backend:?}: the SFTP session's thread is still there\n{}",
+            server.log()
+        );
+        server.assert_nothing_left(
+            15,
+            &format!("{backend:?}: left behind by a cut SFTP session"),
+        );
+        drop(sftp);
+    }
+}
+
 /// A peer that sends `greeting` and then says nothing.
 fn silent_peer(server: &Hubsshd, greeting: &[u8]) -> std::net::TcpStream {
     let mut peer = std::net::TcpStream::connect(&server.addr).expect("connect");

@@ -200,15 +200,38 @@ async fn run_pipes(
     });
     let out = forward_output(stdout, channel.make_writer());
     let err = forward_output(stderr, channel.make_writer_ext(Some(1)));
-    let signals = tokio::spawn(async move {
-        while let Some(c) = control.recv().await {
-            if let Control::Signal(sig) = c {
-                signal_group(pgid, &sig);
+    // The control sender goes when the channel does (closed by the client, or its connection
+    // gone). Until then, signals; after that, nobody takes the output: its pipes are closed, so
+    // the command gets SIGPIPE at its next write, as with sshd, instead of blocking on a window
+    // that will never open.
+    let mut connected = true;
+    {
+        let outputs = async { tokio::join!(out, err) };
+        tokio::pin!(outputs);
+        while connected {
+            tokio::select! {
+                _ = &mut outputs => break,
+                c = control.recv() => match c {
+                    Some(Control::Signal(sig)) => signal_group(pgid, &sig),
+                    Some(_) => {}
+                    None => {
+                        connected = false;
+                        debug!("channel gone: closed the command's output");
+                    }
+                },
             }
         }
-    });
-    let (status, _, _) = tokio::join!(child.wait(), out, err);
-    signals.abort();
+    }
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            c = control.recv(), if connected => match c {
+                Some(Control::Signal(sig)) => signal_group(pgid, &sig),
+                Some(_) => {}
+                None => connected = false,
+            },
+        }
+    };
     feed.abort();
     status
 }
