@@ -55,12 +55,49 @@ pub fn current(text: &str) -> Result<&str, BlockError> {
     Ok(find(text)?.map_or("", |(s, e)| &text[s..e]))
 }
 
-/// `text` with its block replaced by `block` (appended if there was none; removed when `block`
-/// is empty).
+/// Where a new block goes: before the file's first `Host` or `Match` section (and the comment
+/// lines right above it). ssh takes the first value it finds for an option, so a block after
+/// a `Host *` would lose its `User` and `ProxyCommand` to it. `None`: the file has no sections.
+fn before_first_section(text: &str) -> Option<usize> {
+    let (mut offset, mut comments_from) = (0, None);
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim();
+        let word = bare
+            .split(|c: char| c.is_whitespace() || c == '=')
+            .next()
+            .unwrap_or_default();
+        if word.eq_ignore_ascii_case("host") || word.eq_ignore_ascii_case("match") {
+            return Some(comments_from.unwrap_or(offset));
+        }
+        if bare.starts_with('#') {
+            comments_from.get_or_insert(offset);
+        } else {
+            comments_from = None;
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// `text` with its block replaced by `block`; with none yet, it goes before the first section
+/// (or at the end of a file without one). An empty `block` removes it, and the blank line
+/// that set it off.
 pub fn splice(text: &str, block: &str) -> Result<String, BlockError> {
     Ok(match find(text)? {
+        Some((s, e)) if block.is_empty() => {
+            let rest = &text[e..];
+            let rest = rest
+                .strip_prefix("\r\n")
+                .or_else(|| rest.strip_prefix('\n'))
+                .unwrap_or(rest);
+            format!("{}{rest}", &text[..s])
+        }
         Some((s, e)) => format!("{}{block}{}", &text[..s], &text[e..]),
         None if block.is_empty() => text.to_owned(),
+        None if before_first_section(text).is_some() => {
+            let at = before_first_section(text).unwrap_or_default();
+            format!("{}{block}\n{}", &text[..at], &text[at..])
+        }
         None => {
             let sep = if text.is_empty() || text.ends_with("\n\n") {
                 ""
@@ -208,12 +245,25 @@ mod tests {
 
     #[test]
     fn splices_and_leaves_the_rest_alone() {
-        let hand = "Host a\n  User x\n\n# mine\nHost *\n  ServerAliveInterval 5";
+        // Before the first section (with its comment), so a `Host *` cannot override it.
+        let globals = "Include more\nUser global\n\n";
+        let hand =
+            format!("{globals}# mine\n#\nHost *\n  User x\n\nHost a\n  ServerAliveInterval 5");
         let block = render(&hosts(), "/usr/bin/hubssh");
-        let once = splice(hand, &block).unwrap();
-        assert!(once.starts_with(hand));
+        let once = splice(&hand, &block).unwrap();
+        assert_eq!(
+            once,
+            format!("{globals}{block}\n{}", &hand[globals.len()..])
+        );
         assert_eq!(current(&once).unwrap(), block);
         assert_eq!(splice(&once, &block).unwrap(), once);
+        assert_eq!(splice(&once, "").unwrap(), hand);
+        let lower = "match host x\n  User y\n";
+        assert!(splice(lower, &block).unwrap().starts_with(&block));
+        // Only global options: at the end.
+        let hand = "User x\nServerAliveInterval 5";
+        let once = splice(hand, &block).unwrap();
+        assert!(once.starts_with(hand));
         let removed = splice(&once, "").unwrap();
         assert_eq!(removed, format!("{hand}\n\n"));
         // A block in the middle stays in the middle.

@@ -166,9 +166,12 @@ fn config_add_writes_one_block_and_ssh_uses_it() {
     let first = hubssh(&cfg, &add, "");
     assert!(first.status.success(), "{}", first.stderr_text());
     let written = std::fs::read_to_string(&ssh_config).unwrap();
+    // First, so the hand-written `Host *` cannot override its User or ProxyCommand; the rest
+    // of the file byte for byte after it.
     assert!(
-        written.starts_with(&mine),
-        "the hand-written part changed:\n{written}"
+        written.starts_with("# ------------ START HUBSSH MANAGED BLOCK")
+            && written.ends_with(&format!("\n{mine}")),
+        "the block goes first and the hand-written part stays as it was:\n{written}"
     );
     assert!(
         written.contains(&format!("Host myhub\n  User {ALICE}\n")),
@@ -208,10 +211,7 @@ fn config_add_writes_one_block_and_ssh_uses_it() {
     );
     assert!(remove.status.success(), "{}", remove.stderr_text());
     let after = std::fs::read_to_string(&ssh_config).unwrap();
-    assert!(
-        after.starts_with(&mine) && !after.contains("myhub"),
-        "{after}"
-    );
+    assert_eq!(after, mine, "removing the block leaves the file as it was");
 
     // A broken block is an error, not a guess.
     std::fs::write(
