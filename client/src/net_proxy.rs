@@ -160,14 +160,23 @@ pub fn choose(
     } else {
         ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
     };
-    let Some(url) = names
+    let Some((name, url)) = names
         .iter()
-        .filter_map(|n| env(n))
-        .map(|v| v.trim().to_owned())
-        .find(|v| !v.is_empty())
+        .filter_map(|n| env(n).map(|v| (*n, v.trim().to_owned())))
+        .find(|(_, v)| !v.is_empty())
     else {
         return Ok(None);
     };
+    // ALL_PROXY is most often a SOCKS proxy (for curl and the like) that a direct connection
+    // does not need: one that is not http:// is passed over rather than failing every command.
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if name.eq_ignore_ascii_case("ALL_PROXY") && scheme.as_deref().is_some_and(|s| s != "http") {
+        eprintln!(
+            "hubssh: not using {name}={}: only http:// proxies are supported; connecting directly",
+            redact(&url)
+        );
+        return Ok(None);
+    }
     let no_proxy = env("NO_PROXY")
         .or_else(|| env("no_proxy"))
         .unwrap_or_default();
@@ -175,7 +184,10 @@ pub fn choose(
         debug!(host, "NO_PROXY exempts the host");
         return Ok(None);
     }
-    HttpProxy::parse(&url).map(Some)
+    HttpProxy::parse(&url).map(Some).map_err(|e| match e {
+        ConnectError::Setup(why) => ConnectError::Setup(format!("{name}: {why}")),
+        e => e,
+    })
 }
 
 /// Whether `NO_PROXY` (comma or space separated) exempts `host:port`: `*`; the host itself; a
@@ -366,5 +378,25 @@ mod tests {
         let explicit = choose(Some("http://mine:1"), env, true, "localhost", 443).unwrap();
         assert_eq!(host(explicit).as_deref(), Some("mine"));
         assert_eq!(choose(None, |_| None, true, "hub", 443).unwrap(), None);
+    }
+
+    #[test]
+    fn a_socks_all_proxy_is_passed_over_and_a_bad_variable_is_named() {
+        let socks =
+            |name: &str| (name == "ALL_PROXY").then(|| "socks5h://127.0.0.1:7890".to_owned());
+        assert_eq!(choose(None, socks, true, "hub", 443).unwrap(), None);
+        let plain = |name: &str| (name == "all_proxy").then(|| "http://p:3128".to_owned());
+        let chosen = choose(None, plain, true, "hub", 443).unwrap();
+        assert_eq!(chosen.map(|p| p.host).as_deref(), Some("p"));
+        let https =
+            |name: &str| (name == "HTTPS_PROXY").then(|| "socks5://u:secret@p:1".to_owned());
+        let err = choose(None, https, true, "hub", 443)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HTTPS_PROXY: ") && err.contains("socks5"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
     }
 }
