@@ -441,6 +441,22 @@ fn doctor_pinpoints_the_failing_hop() {
     );
     assert!(failed_line(&out).contains("token"), "{}", out.stdout_text());
 
+    // Scoped to the tunnel alone: it may not read alice's model, and it gets in.
+    let (tunnel_only, _) = hub.token(
+        ALICE,
+        Some(&["access:servers!user=hubssh-alice"]),
+        env.path(),
+    );
+    let out = doctor(
+        &cfg,
+        &[
+            "--token-file",
+            &tunnel_only.display().to_string(),
+            &hub.sshd_url(ALICE),
+        ],
+    );
+    assert!(out.status.success(), "{}", out.stdout_text());
+
     let (bob, _) = hub.token("hubssh-bob", None, env.path());
     let out = doctor(
         &cfg,
