@@ -44,3 +44,27 @@ fn openssh_exec_through_websocat() {
 fn embedded_exec_through_hubssh_proxy_on_a_socket() {
     exec_round_trip(Backend::Embedded, Route::HubsshOnSocket);
 }
+
+/// A command's bytes reach the shell as they were sent: file names need not be UTF-8 (rsync and
+/// `scp -O` put them in the command line).
+#[test]
+fn a_command_that_is_not_utf8_arrives_byte_for_byte() {
+    use std::os::unix::ffi::OsStrExt;
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let _server = env.start(backend, Route::Hubssh, &[]);
+        let name = env
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"caf\xe9-latin1"));
+        let mut command = b"touch ".to_vec();
+        command.extend_from_slice(name.as_os_str().as_bytes());
+        let out = hubssh_tests::procs::output(
+            env.ssh()
+                .arg("hub")
+                .arg(std::ffi::OsStr::from_bytes(&command)),
+            30,
+        );
+        assert!(out.status.success(), "{backend:?}: {}", out.stderr_text());
+        assert!(name.exists(), "{backend:?}: no file {name:?}");
+    }
+}

@@ -81,7 +81,7 @@ impl Handler {
     }
 
     /// Starts the command for a session channel.
-    fn launch(&mut self, id: ChannelId, command: Option<String>, session: &mut Session) {
+    fn launch(&mut self, id: ChannelId, command: Option<OsString>, session: &mut Session) {
         let Some(chan) = self.sessions.get_mut(&id) else {
             session.channel_failure(id).ok();
             return;
@@ -405,8 +405,9 @@ impl russh::server::Handler for Handler {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(data).into_owned();
-        debug!(%command, "exec");
+        debug!(command = %String::from_utf8_lossy(data), "exec");
+        // Bytes as they came, as sshd passes them: file names need not be UTF-8.
+        let command = std::os::unix::ffi::OsStringExt::from_vec(data.to_vec());
         self.launch(channel, Some(command), session);
         Ok(())
     }

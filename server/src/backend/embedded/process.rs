@@ -45,7 +45,7 @@ pub struct PtyParams {
 pub struct Launch {
     pub shell: PathBuf,
     /// `None` runs a login shell.
-    pub command: Option<String>,
+    pub command: Option<OsString>,
     pub pty: Option<PtyParams>,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: PathBuf,
@@ -157,7 +157,7 @@ fn shell_args(launch: &Launch) -> (OsString, Vec<OsString>) {
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| "sh".into());
     match &launch.command {
-        Some(cmd) => (name, vec!["-c".into(), cmd.into()]),
+        Some(cmd) => (name, vec!["-c".into(), cmd.clone()]),
         None => {
             let mut login = OsString::from("-");
             login.push(name);
