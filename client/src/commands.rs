@@ -130,7 +130,7 @@ pub fn logout(hub: &str) -> anyhow::Result<()> {
     let path = store::path()?;
     let mut store = Store::load(&path)?;
     let before = store.hubs.len();
-    store.hubs.retain(|l| l.hub != base);
+    store.hubs.retain(|l| store::normal_base(&l.hub) != base);
     if store.hubs.len() == before {
         eprintln!("hubssh: not logged in to {base}");
         return Ok(());
@@ -235,10 +235,30 @@ pub fn config_list() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The hubssh the ProxyCommand names: the `hubssh` on `path` when that is this very program,
+/// so a package manager's stable name (`/opt/homebrew/bin/hubssh`, `~/.nix-profile/bin/hubssh`)
+/// is written rather than the versioned file it points to, which an upgrade removes; else this
+/// program's own path, as the system gives it (never a Windows `\\?\` path).
+fn proxy_exe(path: Option<std::ffi::OsString>) -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let Ok(me) = exe.canonicalize() else {
+        return Ok(exe);
+    };
+    let name = if cfg!(windows) {
+        "hubssh.exe"
+    } else {
+        "hubssh"
+    };
+    let on_path = path
+        .iter()
+        .flat_map(std::env::split_paths)
+        .find(|dir| dir.is_absolute() && dir.join(name).canonicalize().is_ok_and(|p| p == me));
+    Ok(on_path.map_or(exe, |dir| dir.join(name)))
+}
+
 /// Renders the block into `ssh_config`; true if the file changed (or would, with `dry_run`).
 fn write_block(store: &Store, ssh_config: &Path, dry_run: bool) -> anyhow::Result<bool> {
-    let exe = std::env::current_exe()?;
-    let exe = exe.canonicalize().unwrap_or(exe);
+    let exe = proxy_exe(std::env::var_os("PATH"))?;
     let block = ssh_config::render(&store.hosts, &exe.to_string_lossy());
     let text = match std::fs::read_to_string(ssh_config) {
         Ok(t) => t,
@@ -262,8 +282,11 @@ fn write_block(store: &Store, ssh_config: &Path, dry_run: bool) -> anyhow::Resul
     let new = ssh_config::splice(&text, &block)?;
     // ~/.ssh is 0700 when ssh makes it; a new config file is the owner's only.
     let private = !ssh_config.exists();
-    store::write_atomic(ssh_config, new.as_bytes(), private)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", ssh_config.display()))?;
+    // A config that is a link (dotfile managers make them) is written where it points: replacing
+    // the link itself would cut it off from its repository.
+    let target = std::fs::canonicalize(ssh_config).unwrap_or_else(|_| ssh_config.to_owned());
+    store::write_atomic(&target, new.as_bytes(), private)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", target.display()))?;
     Ok(true)
 }
 

@@ -67,7 +67,8 @@ impl HubApi {
         };
         let endpoint = Endpoint::parse(trimmed).map_err(|e| ConnectError::Setup(e.to_string()))?;
         Ok(HubApi {
-            base: trimmed.to_owned(),
+            // One spelling per hub, so a login saved as typed is found however a URL names it.
+            base: crate::store::normal_base(trimmed),
             endpoint,
             opts,
         })

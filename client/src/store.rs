@@ -68,6 +68,17 @@ impl Host {
     }
 }
 
+/// A hub's base URL as one spelling: host in lower case, no default port, no trailing slash
+/// (`https://Hub.Example.org:443/` is `https://hub.example.org`). Anything that is not a URL is
+/// only trimmed.
+pub fn normal_base(base: &str) -> String {
+    let base = base.trim();
+    match url::Url::parse(base) {
+        Ok(url) if url.has_host() => url.as_str().trim_end_matches('/').to_owned(),
+        _ => base.trim_end_matches('/').to_owned(),
+    }
+}
+
 /// What JupyterHub leaves unescaped in a user or server name in its URLs (`quote(name,
 /// safe='@~')`, which also keeps `-._`). The hub's proxy forwards the path as it is, and the
 /// single-user server matches it byte for byte: `alice%40example.org` is not `alice@example.org`.
@@ -154,26 +165,30 @@ impl Store {
         })
     }
 
-    /// The login for `hub` (base URLs compared without a trailing slash).
+    /// The login for `hub` (base URLs compared as [`normal_base`] writes them).
     pub fn login(&self, hub: &str) -> Option<&Login> {
-        let hub = hub.trim_end_matches('/');
-        self.hubs.iter().find(|l| l.hub == hub)
+        let hub = normal_base(hub);
+        self.hubs.iter().find(|l| normal_base(&l.hub) == hub)
     }
 
     /// The login whose hub the tunnel `url` belongs to (the longest matching base).
     pub fn login_for_url(&self, url: &str) -> Option<&Login> {
-        let url = url
-            .replacen("wss://", "https://", 1)
-            .replacen("ws://", "http://", 1);
+        let url = normal_base(
+            &url.replacen("wss://", "https://", 1)
+                .replacen("ws://", "http://", 1),
+        );
         self.hubs
             .iter()
-            .filter(|l| url.starts_with(&format!("{}/", l.hub)))
-            .max_by_key(|l| l.hub.len())
+            .map(|l| (l, normal_base(&l.hub)))
+            .filter(|(_, hub)| url.starts_with(&format!("{hub}/")))
+            .max_by_key(|(_, hub)| hub.len())
+            .map(|(l, _)| l)
     }
 
     /// Adds or replaces the login for `login.hub`.
     pub fn set_login(&mut self, login: Login) {
-        self.hubs.retain(|l| l.hub != login.hub);
+        let hub = normal_base(&login.hub);
+        self.hubs.retain(|l| normal_base(&l.hub) != hub);
         self.hubs.push(login);
     }
 }
@@ -274,6 +289,23 @@ mod tests {
             Some("bob")
         );
         assert_eq!(by_url("https://hubx/user/a/sshd/"), None);
+        // However the hub was spelt when logging in: a URL's host is case-blind, and 443 is
+        // https's own port.
+        let mut typed = Store::default();
+        typed.set_login(Login::new(
+            "https://Hub.Example.org:443/".into(),
+            "carol".into(),
+            &Token::new("t3"),
+        ));
+        let carol = typed.login_for_url("wss://hub.example.org/user/carol/sshd/");
+        assert_eq!(carol.map(|l| l.user.as_str()), Some("carol"));
+        assert!(typed.login("https://hub.example.org").is_some());
+        typed.set_login(Login::new(
+            "https://HUB.example.org".into(),
+            "carol".into(),
+            &Token::new("t4"),
+        ));
+        assert_eq!(typed.hubs.len(), 1, "one login per hub");
         assert!(!format!("{:?}", back.hubs).contains("t1"));
         assert!(Store::load(&dir.path().join("missing.json"))
             .unwrap()

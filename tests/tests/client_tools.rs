@@ -271,6 +271,70 @@ fn config_add_reaches_a_user_named_by_email() {
     );
 }
 
+#[test]
+fn config_add_names_hubssh_as_path_finds_it_and_the_hub_in_one_spelling() {
+    let env = Env::new();
+    let cfg = env.path().join("cfg");
+    let ssh_config = env.path().join("ssh_config");
+    // A package manager's stable name for the program (a link to the versioned file).
+    let bin = env.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(hubssh_tests::bin("hubssh"), bin.join("hubssh")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let add = |path: &str| {
+        procs::output(
+            Command::new(hubssh_tests::bin("hubssh"))
+                .env("HUBSSH_CONFIG_DIR", &cfg)
+                .env("PATH", path)
+                .args(["config", "add", "pathy", "--user", "alice", "--hub"])
+                .arg("https://Hub.Example.org:443/")
+                .arg("--ssh-config")
+                .arg(&ssh_config),
+            30,
+        )
+    };
+    let out = add(&path);
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let written = std::fs::read_to_string(&ssh_config).unwrap();
+    assert!(
+        written.contains(&format!(
+            "ProxyCommand {}/hubssh proxy pathy",
+            bin.display()
+        )),
+        "{written}"
+    );
+    let list = hubssh(&cfg, &["config", "list"], "");
+    assert!(
+        list.stdout_text()
+            .contains("pathy\thttps://hub.example.org/user/alice/sshd/"),
+        "{}",
+        list.stdout_text()
+    );
+    // Not on PATH: the program's own path. And a config that is a link (as dotfile managers
+    // make) stays one: the file it points to gets the block.
+    let dotfiles = env.path().join("dotfiles-ssh-config");
+    std::fs::write(&dotfiles, "Host mine\n  User me\n").unwrap();
+    std::fs::remove_file(&ssh_config).unwrap();
+    std::os::unix::fs::symlink(&dotfiles, &ssh_config).unwrap();
+    let out = add("/usr/bin:/bin");
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert!(std::fs::symlink_metadata(&ssh_config)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let written = std::fs::read_to_string(&dotfiles).unwrap();
+    assert!(written.ends_with("\nHost mine\n  User me\n"), "{written}");
+    let own = hubssh_tests::bin("hubssh").canonicalize().unwrap();
+    assert!(
+        written.contains(&format!("ProxyCommand {} proxy pathy", own.display())),
+        "{written}"
+    );
+}
+
 fn stopped(user: &str, server: &str) {
     let hub = hub();
     hub.user(user);
