@@ -126,8 +126,10 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let (stream, peer) = l.accept().await?;
-                // SSH is interactive: keystrokes must not wait for Nagle.
-                stream.set_nodelay(true)?;
+                // SSH is interactive: keystrokes must not wait for Nagle. A peer already gone
+                // can make this fail (EINVAL on macOS): that connection ends on its own, and the
+                // accept loop must not pause for it.
+                let _ = stream.set_nodelay(true);
                 Ok((Either::Left(stream), peer.to_string()))
             }
             Listener::Unix { listener, path } => {

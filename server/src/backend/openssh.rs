@@ -262,10 +262,13 @@ fn log_pump(pumped: Result<Pumped, PumpError>) {
     }
 }
 
-/// sshd logs to stderr with `-e`; its lines become hubsshd log events.
-async fn forward_log(stderr: tokio::process::ChildStderr) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+/// sshd logs to stderr with `-e`; its lines become hubsshd log events. Read to the end
+/// whatever comes (a line that is not UTF-8 included): sshd would block on a full pipe.
+async fn forward_log(stderr: impl tokio::io::AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stderr).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches('\r');
         if line.contains("error") || line.contains("fatal") || line.contains("failed") {
             warn!(target: "hubsshd::sshd", "{line}");
         } else {
@@ -305,6 +308,23 @@ impl AsyncWrite for ClosingStdin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sshd_log_is_read_to_the_end_whatever_it_holds() {
+        use tokio::io::AsyncWriteExt;
+        let (mut sshd, stderr) = tokio::io::duplex(64);
+        let reader = tokio::spawn(forward_log(stderr));
+        let mut log = b"debug1: a line\n\xff\xfe not UTF-8\n".to_vec();
+        log.extend(b"debug1: more\n".repeat(1000));
+        let written = tokio::time::timeout(Duration::from_secs(5), sshd.write_all(&log)).await;
+        // A reader that stops leaves sshd blocked on its stderr, or killed by SIGPIPE.
+        assert!(
+            matches!(written, Ok(Ok(()))),
+            "the log reader stopped: {written:?}"
+        );
+        drop(sshd);
+        reader.await.unwrap();
+    }
 
     #[test]
     fn extra_options_may_not_add_to_our_lists() {
