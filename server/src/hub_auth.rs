@@ -70,10 +70,12 @@ impl Verdict {
                 "Not Found",
                 "this token has no access to this server\n".into(),
             )),
-            Verdict::HubUnavailable(why) => Some((
+            // Why goes to hubsshd's log only: the client has not been authenticated, and the
+            // reason names the hub's internal address.
+            Verdict::HubUnavailable(_) => Some((
                 503,
                 "Service Unavailable",
-                format!("cannot check the token with the hub: {why}\n"),
+                "hubsshd cannot check tokens with the hub just now: try again shortly\n".into(),
             )),
         }
     }
@@ -400,6 +402,8 @@ mod tests {
             Verdict::NoAccess { name: "b".into() }.refusal().unwrap().0,
             404
         );
+        let unavailable = Verdict::HubUnavailable("http://10.0.0.5:8081/hub/api: refused".into());
+        assert!(!unavailable.refusal().unwrap().2.contains("10.0.0.5"));
         assert_eq!(
             Verdict::HubUnavailable("x".into()).refusal().unwrap().0,
             503
