@@ -166,6 +166,16 @@ fn shell_args(launch: &Launch) -> (OsString, Vec<OsString>) {
     }
 }
 
+/// Carries out a control request for a command on pipes; false once the channel is gone.
+fn obey(control: Option<Control>, pgid: Option<Pid>) -> bool {
+    match control {
+        Some(Control::Signal(sig)) => signal_group(pgid, &sig),
+        Some(_) => {}
+        None => return false,
+    }
+    true
+}
+
 async fn run_pipes(
     launch: Launch,
     channel: &ChannelWriteHalf<Msg>,
@@ -211,25 +221,17 @@ async fn run_pipes(
         while connected {
             tokio::select! {
                 _ = &mut outputs => break,
-                c = control.recv() => match c {
-                    Some(Control::Signal(sig)) => signal_group(pgid, &sig),
-                    Some(_) => {}
-                    None => {
-                        connected = false;
-                        debug!("channel gone: closed the command's output");
-                    }
-                },
+                c = control.recv() => connected = obey(c, pgid),
             }
+        }
+        if !connected {
+            debug!("channel gone: closed the command's output");
         }
     }
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            c = control.recv(), if connected => match c {
-                Some(Control::Signal(sig)) => signal_group(pgid, &sig),
-                Some(_) => {}
-                None => connected = false,
-            },
+            c = control.recv(), if connected => connected = obey(c, pgid),
         }
     };
     feed.abort();
