@@ -94,20 +94,19 @@ pub fn splice(text: &str, block: &str) -> Result<String, BlockError> {
         }
         Some((s, e)) => format!("{}{block}{}", &text[..s], &text[e..]),
         None if block.is_empty() => text.to_owned(),
-        None if before_first_section(text).is_some() => {
-            let at = before_first_section(text).unwrap_or_default();
-            format!("{}{block}\n{}", &text[..at], &text[at..])
-        }
-        None => {
-            let sep = if text.is_empty() || text.ends_with("\n\n") {
-                ""
-            } else if text.ends_with('\n') {
-                "\n"
-            } else {
-                "\n\n"
-            };
-            format!("{text}{sep}{block}")
-        }
+        None => match before_first_section(text) {
+            Some(at) => format!("{}{block}\n{}", &text[..at], &text[at..]),
+            None => {
+                let sep = if text.is_empty() || text.ends_with("\n\n") {
+                    ""
+                } else if text.ends_with('\n') {
+                    "\n"
+                } else {
+                    "\n\n"
+                };
+                format!("{text}{sep}{block}")
+            }
+        },
     })
 }
 

@@ -95,9 +95,7 @@ fn origin(url: &str) -> Option<(String, String, u16)> {
         "http" | "ws" => "http",
         _ => return None,
     };
-    let port = url
-        .port()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let port = url.port_or_known_default()?;
     Some((
         scheme.to_owned(),
         url.host_str()?.to_ascii_lowercase(),
