@@ -170,6 +170,26 @@ impl Env {
             .expect("start ssh")
     }
 
+    /// Starts an OpenSSH ControlMaster for `hub`; returns it and the `ControlPath=...` option
+    /// that sends later commands over its one connection.
+    pub fn control_master(&self) -> (procs::Background, String) {
+        let ctl = self.path().join("ctl");
+        let ctl_opt = format!("ControlPath={}", ctl.display());
+        let master = procs::background(self.ssh().args([
+            "-N",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &ctl_opt,
+            "hub",
+        ]));
+        assert!(
+            procs::wait_until(20, || ctl.exists()),
+            "control master did not start"
+        );
+        (master, ctl_opt)
+    }
+
     /// Runs `ssh hub REMOTE_COMMAND` to completion (at most `secs`).
     pub fn ssh_run(&self, remote: &str, secs: u64) -> Finished {
         procs::output(self.ssh().args(["hub", remote]), secs)

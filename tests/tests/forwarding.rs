@@ -289,28 +289,11 @@ fn agent_forwarding_lists_the_key() {
     assert!(text.contains("sock=/"), "SSH_AUTH_SOCK not set: {text}");
 }
 
-/// Starts an OpenSSH ControlMaster for `hub`; returns it and the `ControlPath=...` option that
-/// sends later commands over its one connection.
-fn control_master(env: &Env) -> (procs::Background, String) {
-    let ctl = env.path().join("ctl");
-    let ctl_opt = format!("ControlPath={}", ctl.display());
-    let master =
-        background(
-            env.ssh()
-                .args(["-N", "-o", "ControlMaster=yes", "-o", &ctl_opt, "hub"]),
-        );
-    assert!(
-        procs::wait_until(20, || ctl.exists()),
-        "control master did not start"
-    );
-    (master, ctl_opt)
-}
-
 #[test]
 fn stuck_forward_does_not_hold_up_the_connection() {
     let env = Env::new();
     let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let (_master, ctl_opt) = control_master(&env);
+    let (_master, ctl_opt) = env.control_master();
 
     // A target that accepts and never reads.
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -360,7 +343,7 @@ fn stuck_forward_does_not_hold_up_the_connection() {
 fn cancelled_remote_forward_stops_listening() {
     let env = Env::new();
     let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
-    let (_master, ctl_opt) = control_master(&env);
+    let (_master, ctl_opt) = env.control_master();
     let (remote, local) = (free_port(), free_port());
     let spec = format!("{remote}:127.0.0.1:{local}");
     procs::output(

@@ -302,6 +302,36 @@ impl Encrypted {
         }
     }
 
+    /// Counts `len` received bytes against the channel's receive window, without re-opening it.
+    pub fn consume_window(&mut self, channel: ChannelId, len: usize) {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            // As in `adjust_window_size`, data beyond the window is not counted.
+            if let Ok(len) = u32::try_from(len)
+                && len <= channel.sender_window_size
+            {
+                channel.sender_window_size -= len;
+            }
+        }
+    }
+
+    /// Re-opens `amount` bytes of the channel's receive window (sends WINDOW_ADJUST). A channel
+    /// that is gone is skipped; the window never grows past `u32::MAX`.
+    pub fn grant_window(&mut self, channel: ChannelId, amount: u32) -> Result<(), crate::Error> {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            let amount = amount.min(u32::MAX - channel.sender_window_size);
+            if amount == 0 {
+                return Ok(());
+            }
+            push_packet!(self.write, {
+                self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+                channel.recipient_channel.encode(&mut self.write)?;
+                amount.encode(&mut self.write)?;
+            });
+            channel.sender_window_size += amount;
+        }
+        Ok(())
+    }
+
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,

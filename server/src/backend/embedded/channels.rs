@@ -3,13 +3,14 @@
 //! consumer is registered are held and handed over on registration, never dropped.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
+use russh::server::Handle;
 use russh::ChannelId;
 use tokio_util::sync::CancellationToken;
 
-use super::inbox::{inbox, Inbox, InboxTx};
+use super::inbox::{inbox, Grant, Inbox, InboxTx};
 
 #[derive(Default)]
 enum Slot {
@@ -26,13 +27,25 @@ pub struct Channels {
     slots: Mutex<HashMap<ChannelId, Slot>>,
     /// Fired when the connection has ended.
     gone: CancellationToken,
+    /// The session, for granting window; set at login, before any channel opens.
+    session: OnceLock<Handle>,
 }
 
 impl Channels {
+    /// Keeps the session's handle: inboxes re-open their channel's window through it.
+    pub fn set_session(&self, session: Handle) {
+        let _ = self.session.set(session);
+    }
+
     /// Creates the inbox for channel `id`, with anything that arrived before, in order. Once the
     /// connection has ended, the inbox is at its end at once.
     pub fn register(&self, id: ChannelId) -> Inbox {
-        let (tx, rx) = inbox();
+        let grant = self.session.get().cloned().map(|session| {
+            Box::new(move |n| {
+                let _ = session.grant_window(id, n); // fails only once the session is over
+            }) as Grant
+        });
+        let (tx, rx) = inbox(grant);
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if self.gone.is_cancelled() {
             return rx;

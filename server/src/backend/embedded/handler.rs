@@ -235,6 +235,11 @@ impl russh::server::Handler for Handler {
         })
     }
 
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.channels.set_session(session.handle());
+        Ok(())
+    }
+
     async fn auth_publickey_offered(
         &mut self,
         user: &str,

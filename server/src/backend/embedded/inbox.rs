@@ -1,7 +1,11 @@
 //! Per-channel input queues. russh hands every channel's incoming data to the one connection
 //! task; if that task waited on a slow consumer, every other channel would stall with it. So the
 //! handler drops bytes into a channel's inbox at once and a task per channel drains it.
-//! Only when a consumer is [`INBOX_CAP`] behind does the connection wait for it.
+//!
+//! The channel's window is what bounds an inbox, as in sshd: russh is told not to re-open it on
+//! receipt, and the inbox grants the client more window only as its consumer takes bytes out.
+//! A slow consumer so stops its own channel's sender and nothing else. Only a client that sends
+//! past its window can get an inbox to [`INBOX_CAP`], and then the connection waits for it.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,10 +17,16 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
-/// Bytes a channel may have queued before the connection waits for its consumer. Large enough
-/// that a stuck `-L` target (which OpenSSH would stop with the channel window) never reaches it
-/// in practice; small enough to bound memory per channel.
-pub const INBOX_CAP: usize = 16 * 1024 * 1024;
+/// Bytes a channel may have queued before the connection waits for its consumer: twice the
+/// window, so only a client that ignores the window reaches it.
+pub const INBOX_CAP: usize = 2 * super::WINDOW as usize;
+
+/// Window is granted back in steps of this many consumed bytes (sshd grants at three packets or
+/// half the window). Far below the window, so the sender never waits on a step.
+const GRANT_STEP: usize = 256 * 1024;
+
+/// Re-opens this many bytes of the channel's window for the client.
+pub type Grant = Box<dyn Fn(u32) + Send + Sync>;
 
 #[derive(Debug)]
 enum Item {
@@ -24,11 +34,31 @@ enum Item {
     Eof,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Level {
     queued: AtomicUsize,
     consumer_gone: AtomicBool,
     drained: Notify,
+    /// None where no window is kept (unit tests).
+    grant: Option<Grant>,
+}
+
+impl Level {
+    fn grant(&self, n: usize) {
+        if let Some(grant) = &self.grant {
+            // Steps are far below u32::MAX; what was queued at a drop is at most the cap.
+            grant(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+impl std::fmt::Debug for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Level")
+            .field("queued", &self.queued)
+            .field("consumer_gone", &self.consumer_gone)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The sending side, kept by the connection handler.
@@ -43,29 +73,45 @@ pub struct InboxTx {
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Item>,
     level: Arc<Level>,
+    /// Bytes taken out and not yet granted back.
+    ungranted: usize,
 }
 
-pub fn inbox() -> (InboxTx, Inbox) {
+/// A channel's inbox; `grant` re-opens the channel's window as its bytes are consumed.
+pub fn inbox(grant: Option<Grant>) -> (InboxTx, Inbox) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let level = Arc::new(Level::default());
+    let level = Arc::new(Level {
+        grant,
+        ..Level::default()
+    });
     (
         InboxTx {
             tx,
             level: level.clone(),
         },
-        Inbox { rx, level },
+        Inbox {
+            rx,
+            level,
+            ungranted: 0,
+        },
     )
 }
 
 impl InboxTx {
-    /// Queues `data`; returns at once unless the consumer is [`INBOX_CAP`] behind.
+    /// Queues `data`; returns at once unless the consumer is [`INBOX_CAP`] behind. Once the
+    /// consumer is gone, bytes are dropped and their window granted back at once (the client
+    /// must not stall on a channel whose reader left).
     pub async fn push(&self, data: &[u8]) {
+        if self.level.consumer_gone.load(Ordering::Acquire) {
+            self.level.grant(data.len());
+            return;
+        }
         self.level.queued.fetch_add(data.len(), Ordering::AcqRel);
-        if self
-            .tx
-            .send(Item::Data(Bytes::copy_from_slice(data)))
-            .is_err()
-        {
+        let _ = self.tx.send(Item::Data(Bytes::copy_from_slice(data)));
+        if self.level.consumer_gone.load(Ordering::Acquire) {
+            // The consumer left while these bytes went in: its drop may not have counted them.
+            self.level
+                .grant(self.level.queued.swap(0, Ordering::AcqRel));
             return;
         }
         let mut warned = false;
@@ -74,8 +120,8 @@ impl InboxTx {
         {
             if !warned {
                 warn!(
-                    "a channel's consumer is {} MiB behind: the connection waits for it",
-                    INBOX_CAP >> 20
+                    "a client sent {} MiB past a channel's window: the connection waits for it",
+                    (INBOX_CAP - super::WINDOW as usize) >> 20
                 );
                 warned = true;
             }
@@ -106,6 +152,10 @@ impl Inbox {
             Some(Item::Data(data)) => {
                 self.level.queued.fetch_sub(data.len(), Ordering::AcqRel);
                 self.level.drained.notify_one();
+                self.ungranted += data.len();
+                if self.ungranted >= GRANT_STEP {
+                    self.level.grant(std::mem::take(&mut self.ungranted));
+                }
                 Poll::Ready(Some(data))
             }
             Some(Item::Eof) | None => Poll::Ready(None),
@@ -157,8 +207,12 @@ impl AsyncRead for InboxReader {
 }
 
 impl Drop for Inbox {
+    /// The consumer is gone: what it took and what is still queued will never be granted by it,
+    /// so grant it now; later bytes are granted as they arrive ([`InboxTx::push`]).
     fn drop(&mut self) {
         self.level.consumer_gone.store(true, Ordering::Release);
+        let queued = self.level.queued.swap(0, Ordering::AcqRel);
+        self.level.grant(self.ungranted + queued);
         self.level.drained.notify_one();
     }
 }
@@ -169,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_in_order_then_eof() {
-        let (tx, mut rx) = inbox();
+        let (tx, mut rx) = inbox(None);
         tx.push(b"ab").await;
         tx.push(b"c").await;
         tx.eof();
@@ -181,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn reader_yields_bytes_then_eof() {
         use tokio::io::AsyncReadExt;
-        let (tx, rx) = inbox();
+        let (tx, rx) = inbox(None);
         tx.push(b"hello ").await;
         tx.push(b"world").await;
         tx.eof();
@@ -190,9 +244,54 @@ mod tests {
         assert_eq!(out, "hello world");
     }
 
+    /// An inbox whose grants add up in the returned counter.
+    fn counted() -> (InboxTx, Inbox, Arc<AtomicUsize>) {
+        let granted = Arc::new(AtomicUsize::new(0));
+        let count = granted.clone();
+        let (tx, rx) = inbox(Some(Box::new(move |n| {
+            count.fetch_add(n as usize, Ordering::AcqRel);
+        })));
+        (tx, rx, granted)
+    }
+
+    #[tokio::test]
+    async fn window_comes_back_as_the_consumer_takes_bytes_not_before() {
+        let (tx, mut rx, granted) = counted();
+        let chunk = vec![0u8; 32 * 1024];
+        for _ in 0..64 {
+            tx.push(&chunk).await; // 2 MiB queued
+        }
+        assert_eq!(
+            granted.load(Ordering::Acquire),
+            0,
+            "granted before consumed"
+        );
+        for taken in 1..=64 {
+            rx.recv().await.unwrap();
+            let granted = granted.load(Ordering::Acquire);
+            assert!(granted <= taken * chunk.len(), "granted more than taken");
+            assert!(
+                granted + GRANT_STEP > taken * chunk.len(),
+                "a step not granted"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_leaves_gives_back_its_window() {
+        let (tx, mut rx, granted) = counted();
+        tx.push(&[0u8; 1000]).await;
+        tx.push(&[0u8; 500]).await;
+        rx.recv().await.unwrap(); // taken, below a step: not granted yet
+        drop(rx);
+        assert_eq!(granted.load(Ordering::Acquire), 1500, "taken and queued");
+        tx.push(&[0u8; 700]).await; // dropped, and granted at once
+        assert_eq!(granted.load(Ordering::Acquire), 2200);
+    }
+
     #[tokio::test]
     async fn push_never_blocks_below_the_cap_nor_after_the_consumer_left() {
-        let (tx, rx) = inbox();
+        let (tx, rx) = inbox(None);
         let chunk = vec![0u8; 1 << 20];
         for _ in 0..INBOX_CAP >> 20 {
             tx.push(&chunk).await; // nobody reads, yet no wait
@@ -203,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_cap_waits_for_the_consumer() {
-        let (tx, mut rx) = inbox();
+        let (tx, mut rx) = inbox(None);
         let chunk = vec![0u8; 1 << 20];
         for _ in 0..INBOX_CAP >> 20 {
             tx.push(&chunk).await;

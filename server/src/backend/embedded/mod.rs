@@ -79,6 +79,8 @@ impl Embedded {
                 auth_rejection_time: AUTH_REJECTION,
                 auth_rejection_time_initial: Some(Duration::ZERO),
                 window_size: WINDOW,
+                // Inboxes re-open a channel's window as its consumer takes the bytes (inbox.rs).
+                auto_window_adjust: false,
                 maximum_packet_size: MAX_PACKET,
                 nodelay: true,
                 preferred: preferred.clone(),

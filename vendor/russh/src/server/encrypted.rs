@@ -1490,7 +1490,11 @@ impl Session {
                 let target = self.target_window_size;
 
                 #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
+                if !self.common.config.auto_window_adjust {
+                    if let Some(ref mut enc) = self.common.encrypted {
+                        enc.consume_window(channel_num, data.len());
+                    }
+                } else if let Some(ref mut enc) = self.common.encrypted {
                     if enc.adjust_window_size(channel_num, &data, target)? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {

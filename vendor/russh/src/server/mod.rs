@@ -99,6 +99,12 @@ pub struct Config {
     pub keepalive_max: usize,
     /// If active, invoke `set_nodelay(true)` on client sockets; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// If true (the default), a channel's receive window is re-opened as data arrives, whether
+    /// or not anything consumed it. If false, the window only shrinks as data arrives and the
+    /// application re-opens it with [`Handle::grant_window`] or [`Session::grant_window`] as
+    /// it consumes the data: a slow consumer then stops its own channel's sender, and nothing
+    /// else.
+    pub auto_window_adjust: bool,
 }
 
 impl Default for Config {
@@ -126,6 +132,7 @@ impl Default for Config {
             keepalive_interval: None,
             keepalive_max: 3,
             nodelay: false,
+            auto_window_adjust: true,
         }
     }
 }
@@ -144,6 +151,7 @@ impl Debug for Config {
             .field("keys", &"***")
             .field("certificates", &"***")
             .field("window_size", &self.window_size)
+            .field("auto_window_adjust", &self.auto_window_adjust)
             .field("maximum_packet_size", &self.maximum_packet_size)
             .field("channel_buffer_size", &self.channel_buffer_size)
             .field("event_buffer_size", &self.event_buffer_size)

@@ -84,6 +84,11 @@ pub enum Msg {
         language_tag: String,
     },
     Channel(ChannelId, ChannelMsg),
+    /// Re-open this many bytes of a channel's receive window (see [`Handle::grant_window`]).
+    GrantWindow {
+        id: ChannelId,
+        amount: u32,
+    },
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
@@ -170,6 +175,15 @@ impl Handle {
         self.sender
             .send(Msg::Channel(id, ChannelMsg::Failure))
             .await
+            .map_err(|_| ())
+    }
+
+    /// Re-opens `amount` bytes of channel `id`'s receive window, for a server configured with
+    /// [`Config::auto_window_adjust`](super::Config::auto_window_adjust) off. Never waits: the
+    /// message goes ahead of queued channel data. Fails only once the session has ended.
+    pub fn grant_window(&self, id: ChannelId, amount: u32) -> Result<(), ()> {
+        self.priority_sender
+            .send(Msg::GrantWindow { id, amount })
             .map_err(|_| ())
     }
 
@@ -531,6 +545,9 @@ impl Session {
                 },
             ) => {
                 self.exit_signal_request(id, signal_name, core_dumped, &error_message, &lang_tag)?;
+            }
+            Msg::GrantWindow { id, amount } => {
+                self.grant_window(id, amount)?;
             }
             Msg::Channel(id, ChannelMsg::WindowAdjusted { new_size }) => {
                 debug!("window adjusted to {new_size:?} for channel {id:?}");
@@ -1162,6 +1179,14 @@ impl Session {
             enc.eof(channel)
         } else {
             unreachable!()
+        }
+    }
+
+    /// Re-opens `amount` bytes of a channel's receive window; see [`Handle::grant_window`].
+    pub fn grant_window(&mut self, channel: ChannelId, amount: u32) -> Result<(), Error> {
+        match self.common.encrypted.as_mut() {
+            Some(enc) => enc.grant_window(channel, amount),
+            None => Ok(()),
         }
     }
 
