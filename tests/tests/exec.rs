@@ -68,3 +68,35 @@ fn a_command_that_is_not_utf8_arrives_byte_for_byte() {
         assert!(name.exists(), "{backend:?}: no file {name:?}");
     }
 }
+
+/// `ssh -X` (ForwardX11 in a config meant for another host, often): no X11 forwarding on either
+/// backend, and ssh says so at once; the command runs as without it.
+#[test]
+fn x11_forwarding_is_refused_and_the_command_runs() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let _server = env.start(backend, Route::Hubssh, &[]);
+        let out = hubssh_tests::procs::output(
+            env.ssh().env("DISPLAY", ":0").args([
+                "-X",
+                "-o",
+                "LogLevel=INFO",
+                "hub",
+                "echo ran; exit 3",
+            ]),
+            30,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{backend:?}: {}",
+            out.stderr_text()
+        );
+        assert_eq!(out.stdout_text(), "ran\n", "{backend:?}");
+        assert!(
+            out.stderr_text().contains("X11 forwarding request failed"),
+            "{backend:?}: ssh was not told: {}",
+            out.stderr_text()
+        );
+    }
+}

@@ -467,6 +467,21 @@ impl russh::server::Handler for Handler {
         Ok(())
     }
 
+    /// No X11 forwarding (no X server nor xauth in a hub's server, as a rule): a failure, as from
+    /// sshd with `X11Forwarding no`, so that ssh says so instead of waiting for a display.
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        debug!("X11 forwarding refused: not supported");
+        session.channel_failure(channel)
+    }
+
     async fn agent_request(
         &mut self,
         _channel: ChannelId,
