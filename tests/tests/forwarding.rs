@@ -364,3 +364,49 @@ fn cancelled_remote_forward_stops_listening() {
         "the -R listener is still open after cancel"
     );
 }
+
+/// A `-L` connection whose local end went away: ssh closes the channel once its writes to that
+/// end fail, and the server must then close its connection to the target, as sshd does, even
+/// though the target never closes its own (VS Code's forwards come and go all day).
+#[test]
+fn a_closed_forward_channel_closes_its_target_connection() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let _server = env.start(backend, Route::Hubssh, &[]);
+        let (_master, ctl_opt) = env.control_master();
+        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target_port = target.local_addr().unwrap().port();
+        let fwd = free_port();
+        procs::output(
+            env.ssh().args([
+                "-o",
+                &ctl_opt,
+                "-O",
+                "forward",
+                "-L",
+                &format!("{fwd}:127.0.0.1:{target_port}"),
+                "hub",
+            ]),
+            20,
+        )
+        .ok();
+        let local = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
+        let (mut far, _) = target.accept().unwrap();
+        drop(local);
+        // The target talks on and never closes: only the server can end this connection.
+        far.set_write_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        let chunk = vec![5u8; 64 * 1024];
+        let closed = procs::wait_until(30, || match far.write(&chunk) {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+        });
+        assert!(
+            closed,
+            "{backend:?}: the target connection stayed open after its channel closed"
+        );
+    }
+}

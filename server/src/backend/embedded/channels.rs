@@ -48,6 +48,7 @@ impl Channels {
         let (tx, rx) = inbox(grant);
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if self.gone.is_cancelled() {
+            tx.close();
             return rx;
         }
         if let Some(Slot::Held(data, eof)) = slots.insert(id, Slot::Live(tx.clone())) {
@@ -93,7 +94,9 @@ impl Channels {
     /// Forgets channel `id` (closed).
     pub fn remove(&self, id: ChannelId) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.remove(&id);
+        if let Some(Slot::Live(tx)) = slots.remove(&id) {
+            tx.close();
+        }
     }
 
     /// The connection has ended: every inbox reaches its end, and [`Channels::gone`] fires. Tasks
@@ -101,7 +104,11 @@ impl Channels {
     pub fn close(&self) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         self.gone.cancel();
-        slots.clear();
+        for (_, slot) in slots.drain() {
+            if let Slot::Live(tx) = slot {
+                tx.close();
+            }
+        }
     }
 
     /// Resolves once the connection has ended.

@@ -19,6 +19,9 @@ use super::process::forward_output;
 /// How long connecting to a forward's target may take before the channel open fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a forward target has, once its channel is closed, to take what the client sent.
+const CLOSE_DRAIN: Duration = Duration::from_secs(10);
+
 /// Where a `direct-*` channel goes.
 #[derive(Debug)]
 pub enum Target {
@@ -80,8 +83,9 @@ pub fn open_direct(
 
 /// Carries bytes between a local stream and a channel until both directions end, then reports
 /// `exit_status` (if any: a subsystem's, which `scp` insists on) and closes the channel. When the
-/// SSH connection goes, what the client sent still reaches the stream, and the stream is closed
-/// without waiting for its end: an idle peer would keep the task and the stream for good.
+/// client closes the channel or the SSH connection goes, the stream is closed without waiting
+/// for its end (an idle peer would keep the task and the stream for good); what the client sent
+/// before still reaches it, if it takes it within [`CLOSE_DRAIN`].
 pub async fn pump<S>(
     stream: S,
     channel: ChannelWriteHalf<Msg>,
@@ -92,9 +96,16 @@ pub async fn pump<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
+    let closed = inbox.closed();
     let up = async {
-        if let Err(e) = inbox.pump(w).await {
-            debug!(%e, "forward target stopped reading");
+        tokio::select! {
+            r = inbox.pump(w) => if let Err(e) = r {
+                debug!(%e, "forward target stopped reading");
+            },
+            () = async {
+                closed.cancelled().await;
+                tokio::time::sleep(CLOSE_DRAIN).await;
+            } => debug!("channel closed: the forward target did not take the rest in time"),
         }
     };
     let down = async {
@@ -102,6 +113,10 @@ pub async fn pump<S>(
             _ = forward_output(r, channel.make_writer()) => {}
             _ = channels.gone() => {
                 debug!("ssh connection gone: closing the forwarded connection");
+                return;
+            }
+            () = closed.cancelled() => {
+                debug!("client closed the channel: closing the forwarded connection");
                 return;
             }
         }

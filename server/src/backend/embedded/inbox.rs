@@ -15,6 +15,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Bytes a channel may have queued before the connection waits for its consumer: twice the
@@ -39,6 +40,9 @@ struct Level {
     queued: AtomicUsize,
     consumer_gone: AtomicBool,
     drained: Notify,
+    /// Fired when the channel is closed (by the client, or with its connection): unlike EOF,
+    /// nothing more can go either way.
+    closed: CancellationToken,
     /// None where no window is kept (unit tests).
     grant: Option<Grant>,
 }
@@ -139,9 +143,19 @@ impl InboxTx {
     pub fn eof(&self) {
         let _ = self.tx.send(Item::Eof);
     }
+
+    /// The channel is closed: see [`Inbox::closed`].
+    pub fn close(&self) {
+        self.level.closed.cancel();
+    }
 }
 
 impl Inbox {
+    /// Fires once the channel is closed. What was queued before can still be received.
+    pub fn closed(&self) -> CancellationToken {
+        self.level.closed.clone()
+    }
+
     /// The next chunk, or `None` at EOF.
     pub async fn recv(&mut self) -> Option<Bytes> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
