@@ -289,6 +289,26 @@ fn agent_forwarding_lists_the_key() {
     assert!(text.contains("sock=/"), "SSH_AUTH_SOCK not set: {text}");
 }
 
+/// `ssh -O OP FLAG SPEC hub` to the control master: adds or cancels a forward on its connection.
+fn control(env: &Env, ctl_opt: &str, op: &str, flag: &str, spec: &str) {
+    procs::output(
+        env.ssh().args(["-o", ctl_opt, "-O", op, flag, spec, "hub"]),
+        20,
+    )
+    .ok();
+}
+
+/// A local target and a `-L` forward to it on the control master's connection: the target's
+/// listener and the forward's port.
+fn forward_to_a_target(env: &Env, ctl_opt: &str) -> (std::net::TcpListener, u16) {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let fwd = free_port();
+    let spec = format!("{fwd}:127.0.0.1:{target_port}");
+    control(env, ctl_opt, "forward", "-L", &spec);
+    (target, fwd)
+}
+
 #[test]
 fn stuck_forward_does_not_hold_up_the_connection() {
     let env = Env::new();
@@ -296,23 +316,8 @@ fn stuck_forward_does_not_hold_up_the_connection() {
     let (_master, ctl_opt) = env.control_master();
 
     // A target that accepts and never reads.
-    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let target_port = target.local_addr().unwrap().port();
+    let (target, fwd) = forward_to_a_target(&env, &ctl_opt);
     let held = std::thread::spawn(move || target.accept().map(|(s, _)| s));
-    let fwd = free_port();
-    procs::output(
-        env.ssh().args([
-            "-o",
-            &ctl_opt,
-            "-O",
-            "forward",
-            "-L",
-            &format!("{fwd}:127.0.0.1:{target_port}"),
-            "hub",
-        ]),
-        20,
-    )
-    .ok();
     let mut client = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
     let _stuck = held.join().unwrap().unwrap();
     // Far more than the target's socket buffers and a 2 MiB channel window: it all piles up
@@ -346,19 +351,9 @@ fn cancelled_remote_forward_stops_listening() {
     let (_master, ctl_opt) = env.control_master();
     let (remote, local) = (free_port(), free_port());
     let spec = format!("{remote}:127.0.0.1:{local}");
-    procs::output(
-        env.ssh()
-            .args(["-o", &ctl_opt, "-O", "forward", "-R", &spec, "hub"]),
-        20,
-    )
-    .ok();
+    control(&env, &ctl_opt, "forward", "-R", &spec);
     assert!(wait_port(remote, 10), "the -R listener did not open");
-    procs::output(
-        env.ssh()
-            .args(["-o", &ctl_opt, "-O", "cancel", "-R", &spec, "hub"]),
-        20,
-    )
-    .ok();
+    control(&env, &ctl_opt, "cancel", "-R", &spec);
     assert!(
         procs::wait_until(10, || TcpStream::connect(("127.0.0.1", remote)).is_err()),
         "the -R listener is still open after cancel"
@@ -374,22 +369,7 @@ fn a_closed_forward_channel_closes_its_target_connection() {
         let env = Env::new();
         let _server = env.start(backend, Route::Hubssh, &[]);
         let (_master, ctl_opt) = env.control_master();
-        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let target_port = target.local_addr().unwrap().port();
-        let fwd = free_port();
-        procs::output(
-            env.ssh().args([
-                "-o",
-                &ctl_opt,
-                "-O",
-                "forward",
-                "-L",
-                &format!("{fwd}:127.0.0.1:{target_port}"),
-                "hub",
-            ]),
-            20,
-        )
-        .ok();
+        let (target, fwd) = forward_to_a_target(&env, &ctl_opt);
         let local = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
         let (mut far, _) = target.accept().unwrap();
         drop(local);
