@@ -1,5 +1,6 @@
 //! Opens the tunnel: TCP, then TLS for `wss://`, then the WebSocket handshake with the token.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,30 +91,96 @@ async fn tcp(endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {
             reason: e.to_string(),
         })?
         .collect();
-    let mut last = None;
-    for addr in &addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                stream.set_nodelay(true).ok();
-                debug!(%addr, "tcp connected");
-                return Ok(stream);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            ConnectError::Refused { authority }
-        }
-        Some(e) => ConnectError::Tcp {
-            authority,
-            reason: e.to_string(),
-        },
-        None => ConnectError::Dns {
+    if addrs.is_empty() {
+        return Err(ConnectError::Dns {
             host: endpoint.host.clone(),
             reason: "no addresses".into(),
-        },
-    })
+        });
+    }
+    match connect_first(&addrs).await {
+        Ok(stream) => {
+            stream.set_nodelay(true).ok();
+            Ok(stream)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(ConnectError::Refused { authority })
+        }
+        Err(e) => Err(ConnectError::Tcp {
+            authority,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// While an address has not answered, how long before the next one is tried as well (RFC 8305's
+/// connection attempt delay).
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Connects to whichever of `addrs` answers first, as RFC 8305 (Happy Eyeballs) does: address
+/// families take turns, and the next address is tried as soon as one fails or has not answered
+/// within [`ATTEMPT_DELAY`], those still connecting kept. An IPv6 route that drops packets
+/// silently then costs a quarter of a second, not the whole connect timeout.
+///
+/// # Errors
+/// The last address's error once every one has failed (`InvalidInput` if there are none).
+pub async fn connect_first(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    let mut next = interleaved(addrs).into_iter();
+    let mut attempts = tokio::task::JoinSet::new(); // dropped: the losers are aborted
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no addresses");
+    loop {
+        if attempts.is_empty() {
+            match next.next() {
+                Some(addr) => attempts.spawn(attempt(addr)),
+                None => return Err(last),
+            };
+        }
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok(Ok(stream))) => return Ok(stream),
+                Some(Ok(Err(e))) => {
+                    last = e;
+                    if let Some(addr) = next.next() {
+                        attempts.spawn(attempt(addr));
+                    }
+                }
+                Some(Err(e)) => last = std::io::Error::other(e),
+                None => {}
+            },
+            () = tokio::time::sleep(ATTEMPT_DELAY), if next.len() > 0 => {
+                if let Some(addr) = next.next() {
+                    attempts.spawn(attempt(addr));
+                }
+            }
+        }
+    }
+}
+
+async fn attempt(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await;
+    match &stream {
+        Ok(_) => debug!(%addr, "tcp connected"),
+        Err(e) => debug!(%addr, %e, "tcp connect failed"),
+    }
+    stream
+}
+
+/// `addrs` with the families taking turns, the first address's family first (the resolver's
+/// preference).
+fn interleaved(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let (mut same, mut other): (std::collections::VecDeque<_>, std::collections::VecDeque<_>) =
+        addrs
+            .iter()
+            .copied()
+            .partition(|a| a.is_ipv6() == first.is_ipv6());
+    let mut out = Vec::with_capacity(addrs.len());
+    while !same.is_empty() || !other.is_empty() {
+        out.extend(same.pop_front());
+        out.extend(other.pop_front());
+    }
+    out
 }
 
 async fn tls(
@@ -275,4 +342,83 @@ async fn handshake(
         &buf[len..],
         MAX_RECEIVE,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_take_turns_the_resolvers_first() {
+        let a: Vec<SocketAddr> = [
+            "[::1]:1",
+            "[::2]:1",
+            "[::3]:1",
+            "127.0.0.1:1",
+            "127.0.0.2:1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let order: Vec<String> = interleaved(&a).iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "[::1]:1",
+                "127.0.0.1:1",
+                "[::2]:1",
+                "127.0.0.2:1",
+                "[::3]:1"
+            ]
+        );
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+    /// neither succeeds nor fails for a couple of minutes (a blackholed route, on loopback).
+    fn blackhole() -> (
+        tokio::net::TcpListener,
+        Vec<std::net::TcpStream>,
+        SocketAddr,
+    ) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        // Fill the queue; stop once a connect stops completing.
+        for _ in 0..8 {
+            let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+            match s {
+                Ok(s) => fillers.push(s),
+                Err(_) => break,
+            }
+        }
+        (listener, fillers, addr)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_does_not_hold_up_the_next() {
+        let (_hole, _fillers, hole) = blackhole();
+        let alone = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(hole)).await;
+        assert!(alone.is_err(), "the blackholed address answered: {alone:?}");
+        let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good_addr = good.local_addr().unwrap();
+        // The deadline only bounds the test: a blackholed connect alone takes minutes.
+        let stream =
+            tokio::time::timeout(Duration::from_secs(20), connect_first(&[hole, good_addr]))
+                .await
+                .expect("still waiting on the blackholed address")
+                .expect("connect");
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+    }
+
+    #[tokio::test]
+    async fn every_address_refused_is_refused() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(); // dropped: nothing listens there now
+        let e = connect_first(&[addr, addr]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
 }

@@ -91,12 +91,17 @@ impl HttpProxy {
     /// Connects to the proxy and asks it for a tunnel to `authority` (`host:port`).
     pub async fn connect(&self, authority: &str) -> Result<TcpStream, ConnectError> {
         let proxy = self.display();
-        let mut stream = TcpStream::connect((self.host.as_str(), self.port))
+        let failed = |e: std::io::Error| ConnectError::Proxy {
+            proxy: proxy.clone(),
+            reason: format!("cannot connect to it: {e}"),
+        };
+        let addrs: Vec<_> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|e| ConnectError::Proxy {
-                proxy: proxy.clone(),
-                reason: format!("cannot connect to it: {e}"),
-            })?;
+            .map_err(failed)?
+            .collect();
+        let mut stream = crate::connect::connect_first(&addrs)
+            .await
+            .map_err(failed)?;
         stream.set_nodelay(true).ok();
         let mut request = format!(
             "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: hubssh/{}\r\n",
