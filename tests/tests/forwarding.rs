@@ -390,3 +390,43 @@ fn a_closed_forward_channel_closes_its_target_connection() {
         );
     }
 }
+
+/// Channels the server closes first (a command that exited, a forward whose target hung up) are
+/// forgotten once the client's CLOSE answers: a connection that VS Code keeps for days opens
+/// thousands, and every one used to stay in the tables.
+#[test]
+fn closed_channels_leave_nothing_behind() {
+    let env = Env::new();
+    let server = env.start(Backend::Embedded, Route::Hubssh, &["-v"]);
+    let (_master, ctl_opt) = env.control_master();
+    for i in 0..3 {
+        let out = procs::output(
+            env.ssh()
+                .args(["-o", &ctl_opt, "hub", &format!("echo {i}")]),
+            20,
+        );
+        assert_eq!(out.stdout_text(), format!("{i}\n"), "{}", out.stderr_text());
+    }
+    let (target, fwd) = forward_to_a_target(&env, &ctl_opt);
+    let local = TcpStream::connect(("127.0.0.1", fwd)).unwrap();
+    drop(target.accept().unwrap());
+    drop(local);
+
+    let closes = || {
+        server
+            .log()
+            .matches("channel closed: what is left open")
+            .count()
+    };
+    assert!(
+        procs::wait_until(20, || closes() >= 4),
+        "not every channel was forgotten:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    let last = log.lines().rfind(|l| l.contains("channel closed")).unwrap();
+    assert!(
+        last.contains("sessions=0") && last.contains("inboxes=0"),
+        "entries left: {last}"
+    );
+}

@@ -317,7 +317,9 @@ impl Encrypted {
     /// Re-opens `amount` bytes of the channel's receive window (sends WINDOW_ADJUST). A channel
     /// that is gone is skipped; the window never grows past `u32::MAX`.
     pub fn grant_window(&mut self, channel: ChannelId, amount: u32) -> Result<(), crate::Error> {
-        if let Some(channel) = self.channels.get_mut(&channel) {
+        if let Some(channel) = self.channels.get_mut(&channel)
+            && channel.confirmed
+        {
             let amount = amount.min(u32::MAX - channel.sender_window_size);
             if amount == 0 {
                 return Ok(());

@@ -14,10 +14,11 @@ use super::inbox::{inbox, Grant, Inbox, InboxTx};
 
 #[derive(Default)]
 enum Slot {
-    /// Not registered yet: what arrived so far, and whether EOF did.
+    /// Not registered yet: what arrived so far, whether EOF did, and whether the client has
+    /// closed the channel already (its consumer still gets what came before).
     #[default]
     Early,
-    Held(Vec<Bytes>, bool),
+    Held(Vec<Bytes>, bool, bool),
     Live(InboxTx),
 }
 
@@ -51,12 +52,16 @@ impl Channels {
             tx.close();
             return rx;
         }
-        if let Some(Slot::Held(data, eof)) = slots.insert(id, Slot::Live(tx.clone())) {
+        if let Some(Slot::Held(data, eof, closed)) = slots.insert(id, Slot::Live(tx.clone())) {
             for d in data {
                 tx.push_now(d);
             }
             if eof {
                 tx.eof();
+            }
+            if closed {
+                slots.remove(&id);
+                tx.close();
             }
         }
         rx
@@ -69,10 +74,10 @@ impl Channels {
             match slots.entry(id).or_default() {
                 Slot::Live(tx) => tx.clone(),
                 slot @ Slot::Early => {
-                    *slot = Slot::Held(vec![Bytes::copy_from_slice(data)], false);
+                    *slot = Slot::Held(vec![Bytes::copy_from_slice(data)], false, false);
                     return;
                 }
-                Slot::Held(held, _) => {
+                Slot::Held(held, _, _) => {
                     held.push(Bytes::copy_from_slice(data));
                     return;
                 }
@@ -86,17 +91,28 @@ impl Channels {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         match slots.entry(id).or_default() {
             Slot::Live(tx) => tx.eof(),
-            Slot::Held(_, eof) => *eof = true,
-            slot @ Slot::Early => *slot = Slot::Held(Vec::new(), true),
+            Slot::Held(_, eof, _) => *eof = true,
+            slot @ Slot::Early => *slot = Slot::Held(Vec::new(), true, false),
         }
     }
 
     /// Forgets channel `id` (closed).
     pub fn remove(&self, id: ChannelId) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(Slot::Live(tx)) = slots.remove(&id) {
-            tx.close();
+        match slots.remove(&id) {
+            Some(Slot::Live(tx)) => tx.close(),
+            // Closed before its consumer came (a channel the server opened, fast client): the
+            // consumer, when it registers, gets what came and the close.
+            Some(Slot::Held(data, _, _)) => {
+                slots.insert(id, Slot::Held(data, true, true));
+            }
+            Some(Slot::Early) | None => {}
         }
+    }
+
+    /// How many channels have an entry (open, or with bytes held for them).
+    pub fn len(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The connection has ended: every inbox reaches its end, and [`Channels::gone`] fires. Tasks

@@ -19,8 +19,8 @@ use super::process::forward_output;
 /// How long connecting to a forward's target may take before the channel open fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a forward target has, once its channel is closed, to take what the client sent.
-const CLOSE_DRAIN: Duration = Duration::from_secs(10);
+/// How long a forward target has, once the SSH connection is gone, to take what the client sent.
+const GONE_DRAIN: Duration = Duration::from_secs(10);
 
 /// Where a `direct-*` channel goes.
 #[derive(Debug)]
@@ -84,8 +84,9 @@ pub fn open_direct(
 /// Carries bytes between a local stream and a channel until both directions end, then reports
 /// `exit_status` (if any: a subsystem's, which `scp` insists on) and closes the channel. When the
 /// client closes the channel or the SSH connection goes, the stream is closed without waiting
-/// for its end (an idle peer would keep the task and the stream for good); what the client sent
-/// before still reaches it, if it takes it within [`CLOSE_DRAIN`].
+/// for its end (an idle peer would keep the task and the stream for good). What the client sent
+/// before still reaches it: all of it after a close, as with sshd; after the connection is
+/// gone, what the stream takes within [`GONE_DRAIN`].
 pub async fn pump<S>(
     stream: S,
     channel: ChannelWriteHalf<Msg>,
@@ -103,9 +104,9 @@ pub async fn pump<S>(
                 debug!(%e, "forward target stopped reading");
             },
             () = async {
-                closed.cancelled().await;
-                tokio::time::sleep(CLOSE_DRAIN).await;
-            } => debug!("channel closed: the forward target did not take the rest in time"),
+                channels.gone().await;
+                tokio::time::sleep(GONE_DRAIN).await;
+            } => debug!("ssh connection gone: the forward target did not take the rest in time"),
         }
     };
     let down = async {

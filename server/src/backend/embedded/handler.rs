@@ -328,6 +328,18 @@ impl russh::server::Handler for Handler {
         Ok(())
     }
 
+    /// Extended data from a client has no meaning (OpenSSH's never sends it): dropped, as by
+    /// sshd, and its window given back at once.
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.grant_window(channel, u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
@@ -344,6 +356,12 @@ impl russh::server::Handler for Handler {
     ) -> Result<(), Self::Error> {
         self.channels.remove(channel);
         self.sessions.remove(&channel);
+        debug!(
+            ?channel,
+            sessions = self.sessions.len(),
+            inboxes = self.channels.len(),
+            "channel closed: what is left open"
+        );
         Ok(())
     }
 

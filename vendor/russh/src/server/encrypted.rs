@@ -860,6 +860,7 @@ mod tests {
             pending_len: 0,
             channels: std::collections::HashMap::new(),
             open_global_requests: std::collections::VecDeque::new(),
+            closed_first: Default::default(),
             kex: SessionKexState::Idle,
         }
     }
@@ -1444,7 +1445,14 @@ impl Session {
             msg::CHANNEL_CLOSE => {
                 let channel_num = map_err!(ChannelId::decode(r))?;
                 map_err!(ensure_end(r))?;
+                let closed_first = self.closed_first.remove(&channel_num);
                 if !self.common.is_established_channel(channel_num) {
+                    if closed_first {
+                        // The client's reply to our CLOSE: the channel is over on both sides.
+                        self.channels.remove(&channel_num);
+                        debug!("handler.channel_close {channel_num:?} (closed by us first)");
+                        return handler.channel_close(channel_num, self).await;
+                    }
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {

@@ -1133,6 +1133,7 @@ where
         pending_len: 0,
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),
+        closed_first: Default::default(),
         kex: SessionKexState::Idle,
     };
 

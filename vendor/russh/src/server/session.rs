@@ -28,6 +28,9 @@ pub struct Session {
     pub(crate) pending_len: u32,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
+    /// Channels this side closed first: their params are gone, and the client's CLOSE in reply
+    /// still has to reach the handler and free the channel's entry in `channels`.
+    pub(crate) closed_first: std::collections::HashSet<ChannelId>,
     pub(crate) kex: SessionKexState<ServerKex>,
 }
 
@@ -1167,6 +1170,9 @@ impl Session {
     /// Close a channel.
     pub fn close(&mut self, channel: ChannelId) -> Result<(), Error> {
         if let Some(ref mut enc) = self.common.encrypted {
+            if enc.channels.contains_key(&channel) {
+                self.closed_first.insert(channel);
+            }
             enc.close(channel)
         } else {
             unreachable!()
@@ -1696,6 +1702,7 @@ mod tests {
             pending_len: 0,
             channels: HashMap::new(),
             open_global_requests: VecDeque::new(),
+            closed_first: Default::default(),
             kex: SessionKexState::Idle,
         }
     }
