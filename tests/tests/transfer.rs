@@ -50,3 +50,36 @@ fn openssh_transfers_through_raw_unix_socket() {
 fn openssh_transfers_through_websocat() {
     transfers(Backend::OpenSsh, Route::Websocat, 16 << 20);
 }
+
+/// `sftp` lists a directory of more entries than one reply holds (the server hands them out in
+/// batches): each name exactly once, with `.` and `..` (`ls -a`).
+#[test]
+fn a_large_directory_lists_completely() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        let env = Env::new();
+        let _server = env.start(backend, Route::Hubssh, &[]);
+        let dir = env.path().join("many");
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..1000 {
+            std::fs::write(dir.join(format!("f{i:04}")), b"").unwrap();
+        }
+        let batch = env.path().join("batch");
+        std::fs::write(&batch, format!("ls -1a {}\n", dir.display())).unwrap();
+        let out = hubssh_tests::procs::output(&mut env.sftp(&batch), 60).ok();
+        let mut names: Vec<String> = out
+            .stdout_text()
+            .lines()
+            .filter(|l| !l.starts_with("sftp>"))
+            .map(|l| l.trim().rsplit('/').next().unwrap().to_owned())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = (0..1000).map(|i| format!("f{i:04}")).collect();
+        want.extend([".".to_owned(), "..".to_owned()]);
+        want.sort();
+        assert!(
+            names == want,
+            "{backend:?}: {} names listed, not the 1002 there",
+            names.len()
+        );
+    }
+}

@@ -63,7 +63,16 @@ fn fail(code: StatusCode, msg: &str) -> SftpError {
 
 enum Open {
     File(File),
-    Dir(Vec<russh_sftp::protocol::File>),
+    Dir(Dir),
+}
+
+/// An open directory, read [`DIR_BATCH`] entries at a time as the client asks (a directory of
+/// a million files is neither read nor held at once).
+struct Dir {
+    path: PathBuf,
+    /// `.` and `..`, handed out first.
+    dots: Vec<russh_sftp::protocol::File>,
+    entries: fs::ReadDir,
 }
 
 /// One client's SFTP state.
@@ -172,7 +181,16 @@ fn set_attrs(path: &Path, a: &FileAttributes) -> Result<(), SftpError> {
         std::os::unix::fs::chown(path, a.uid, a.gid)?;
     }
     if let (Some(atime), Some(mtime)) = (a.atime, a.mtime) {
-        File::open(path)?.set_times(file_times(atime, mtime))?;
+        // By path, as sshd's utimes: opening the file would need read permission (a file just
+        // made 0200 could not take its times).
+        let t = |s: u32| nix::sys::time::TimeSpec::new(s.into(), 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &t(atime),
+            &t(mtime),
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        )?;
     }
     Ok(())
 }
@@ -371,42 +389,52 @@ impl russh_sftp::server::Handler for Sftp {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
-        let dir = self.path(&path);
-        let mut entries = blocking(|| -> io::Result<Vec<russh_sftp::protocol::File>> {
-            let mut out = Vec::new();
-            for name in [".", ".."] {
-                if let Ok(meta) = fs::metadata(dir.join(name)) {
-                    out.push(russh_sftp::protocol::File::new(name, attrs(&meta)));
-                }
-            }
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                if let Ok(meta) = fs::symlink_metadata(entry.path()) {
-                    out.push(russh_sftp::protocol::File::new(
-                        entry.file_name().to_string_lossy(),
-                        attrs(&meta),
-                    ));
-                }
-            }
-            Ok(out)
+        let path = self.path(&path);
+        let dir = blocking(|| -> io::Result<Dir> {
+            let entries = fs::read_dir(&path)?;
+            let dots = [".", ".."]
+                .into_iter()
+                .filter_map(|name| {
+                    let meta = fs::metadata(path.join(name)).ok()?;
+                    Some(russh_sftp::protocol::File::new(name, attrs(&meta)))
+                })
+                .collect();
+            Ok(Dir {
+                path,
+                dots,
+                entries,
+            })
         })?;
-        entries.reverse(); // handed out from the end
         Ok(Handle {
             id,
-            handle: self.insert(Open::Dir(entries))?,
+            handle: self.insert(Open::Dir(dir))?,
         })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        let Some(Open::Dir(entries)) = self.handles.get_mut(&handle) else {
+        let Some(Open::Dir(dir)) = self.handles.get_mut(&handle) else {
             return Err(fail(StatusCode::Failure, "invalid handle"));
         };
-        if entries.is_empty() {
+        let mut files = std::mem::take(&mut dir.dots);
+        blocking(|| -> io::Result<()> {
+            while files.len() < DIR_BATCH {
+                let Some(entry) = dir.entries.next() else {
+                    break;
+                };
+                let name = entry?.file_name();
+                // Gone since it was listed, or unreadable: left out, as by sftp-server.
+                if let Ok(meta) = fs::symlink_metadata(dir.path.join(&name)) {
+                    files.push(russh_sftp::protocol::File::new(
+                        name.to_string_lossy(),
+                        attrs(&meta),
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+        if files.is_empty() {
             return Err(fail(StatusCode::Eof, "end of directory"));
         }
-        let at = entries.len().saturating_sub(DIR_BATCH);
-        let mut files = entries.split_off(at);
-        files.reverse();
         Ok(Name { id, files })
     }
 
