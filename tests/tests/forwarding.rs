@@ -123,12 +123,15 @@ fn remote_forward_reaches_a_local_server() {
             "-R",
             &format!("{remote}:127.0.0.1:{local}"),
             "hub",
-            &format!("curl -sS --max-time 10 http://127.0.0.1:{remote}/r.txt"),
+            &format!(
+                "curl -sS --max-time 10 http://127.0.0.1:{remote}/r.txt http://[::1]:{remote}/r.txt"
+            ),
         ]),
         60,
     )
     .ok();
-    assert_eq!(out.stdout_text(), "reverse\n");
+    // On both loopback addresses, as sshd listens (`localhost` is ::1 first for many programs).
+    assert_eq!(out.stdout_text(), "reverse\nreverse\n");
     // The listener went away with the session.
     assert!(
         procs::wait_until(10, || TcpStream::connect(("127.0.0.1", remote)).is_err()),

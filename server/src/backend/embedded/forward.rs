@@ -140,38 +140,53 @@ impl Drop for ListenerTask {
     }
 }
 
-/// Accepts on `listener` and opens a `forwarded-tcpip` channel to the client for each connection.
+/// Accepts on `listeners` (one port, both families) and opens a `forwarded-tcpip` channel to the
+/// client for each connection.
 pub fn serve_tcpip_forward(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     address: String,
     port: u32,
     handle: Handle,
     channels: Arc<Channels>,
 ) -> ListenerTask {
-    ListenerTask(tokio::spawn(
-        async move {
-            while let Ok((stream, peer)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                let (handle, channels, address) =
-                    (handle.clone(), channels.clone(), address.clone());
-                tokio::spawn(async move {
-                    let opened = handle
-                        .channel_open_forwarded_tcpip(
-                            address,
-                            port,
-                            peer.ip().to_string(),
-                            u32::from(peer.port()),
-                        )
-                        .await;
-                    match opened {
-                        Ok(channel) => attach(stream, channel, &channels).await,
-                        Err(e) => debug!(%e, "client refused the forwarded connection"),
-                    }
-                });
+    let mut each = tokio::task::JoinSet::new(); // aborted with the task that owns it
+    for listener in listeners {
+        let (address, handle, channels) = (address.clone(), handle.clone(), channels.clone());
+        each.spawn(accept_forwarded(listener, address, port, handle, channels).in_current_span());
+    }
+    ListenerTask(tokio::spawn(async move {
+        while each.join_next().await.is_some() {}
+    }))
+}
+
+async fn accept_forwarded(
+    listener: TcpListener,
+    address: String,
+    port: u32,
+    handle: Handle,
+    channels: Arc<Channels>,
+) {
+    while let Ok((stream, peer)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let (handle, channels, address) = (handle.clone(), channels.clone(), address.clone());
+        tokio::spawn(
+            async move {
+                let opened = handle
+                    .channel_open_forwarded_tcpip(
+                        address,
+                        port,
+                        peer.ip().to_string(),
+                        u32::from(peer.port()),
+                    )
+                    .await;
+                match opened {
+                    Ok(channel) => attach(stream, channel, &channels).await,
+                    Err(e) => debug!(%e, "client refused the forwarded connection"),
+                }
             }
-        }
-        .in_current_span(),
-    ))
+            .in_current_span(),
+        );
+    }
 }
 
 /// Accepts agent connections on `listener` and opens an agent channel to the client for each.

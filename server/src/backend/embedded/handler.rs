@@ -536,26 +536,34 @@ impl russh::server::Handler for Handler {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        // Like OpenSSH's `GatewayPorts no`: remote forwards listen on loopback only.
+        // Like OpenSSH's `GatewayPorts no`: remote forwards listen on loopback only, both
+        // families (`localhost` is ::1 first for many programs), whatever address was asked for.
         let Ok(want) = u16::try_from(*port) else {
             return Ok(false);
         };
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", want)).await {
+        let v4 = match tokio::net::TcpListener::bind(("127.0.0.1", want)).await {
             Ok(l) => l,
             Err(e) => {
                 info!(%e, port = want, "cannot listen for a remote forward");
                 return Ok(false);
             }
         };
-        let bound = listener.local_addr().map(|a| a.port()).unwrap_or(want);
+        let bound = v4.local_addr().map(|a| a.port()).unwrap_or(want);
+        let mut listeners = vec![v4];
+        match tokio::net::TcpListener::bind(("::1", bound)).await {
+            Ok(v6) => listeners.push(v6),
+            // No IPv6 here, or the port taken there: IPv4 alone, as sshd does.
+            Err(e) => debug!(%e, port = bound, "remote forward not on ::1"),
+        }
         *port = u32::from(bound);
         info!(
             address,
             port = bound,
-            "remote forward listening on 127.0.0.1"
+            ipv6 = listeners.len() > 1,
+            "remote forward listening on loopback"
         );
         let task = forward::serve_tcpip_forward(
-            listener,
+            listeners,
             address.to_owned(),
             *port,
             session.handle(),
