@@ -72,7 +72,7 @@ struct Args {
     /// backends).
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     login_grace: u64,
-    /// Seconds live sessions may go on after SIGINT/SIGTERM.
+    /// Seconds live sessions may go on after SIGINT/SIGTERM/SIGHUP.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_grace: u64,
     /// Log debug detail.
@@ -194,6 +194,9 @@ async fn run(args: Args) -> Result<()> {
             Auth::Hub(Arc::new(hub))
         }
     };
+    // Installed before the bind: from the moment the socket exists, a signal means a clean
+    // shutdown (the socket file removed), never the default instant death.
+    let signals = Signals::install();
     let listener = match (&args.listen, &args.unix_socket) {
         (Some(addr), _) => Listener::bind_tcp(*addr).await?,
         (None, Some(path)) => Listener::bind_unix(path)?,
@@ -213,33 +216,52 @@ async fn run(args: Args) -> Result<()> {
         server.backend.name()
     );
     let shutdown = CancellationToken::new();
-    tokio::spawn(on_signal(shutdown.clone()));
+    if let Some(signals) = signals {
+        tokio::spawn(signals.on_signal(shutdown.clone()));
+    }
     hubsshd::serve(listener, server, shutdown).await?;
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM. A second one ends hubsshd at once, status 1: the
-/// sessions still in their grace period are cut (sshd children see their pipes close).
-async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!("cannot install signal handlers");
-        return;
-    };
-    for received in 0.. {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+/// SIGINT, SIGTERM and SIGHUP (the terminal of a standalone hubsshd closed), caught.
+struct Signals([tokio::signal::unix::Signal; 3]);
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let caught = (|| {
+            Ok::<_, std::io::Error>([
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+            ])
+        })();
+        match caught {
+            Ok(all) => Some(Signals(all)),
+            Err(e) => {
+                tracing::warn!(%e, "cannot install signal handlers");
+                None
+            }
         }
-        if received == 0 {
-            tracing::info!("signal received: shutting down");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(1);
+    }
+
+    /// Cancels `shutdown` at the first signal. A second one ends hubsshd at once, status 1:
+    /// the sessions still in their grace period are cut (sshd children see their pipes close).
+    async fn on_signal(self, shutdown: CancellationToken) {
+        let [mut int, mut term, mut hup] = self.0;
+        for received in 0.. {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            if received == 0 {
+                tracing::info!("signal received: shutting down");
+                shutdown.cancel();
+            } else {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(1);
+            }
         }
     }
 }

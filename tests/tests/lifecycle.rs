@@ -50,6 +50,23 @@ fn shutdown_ends_sessions_and_removes_the_socket() {
     }
 }
 
+/// SIGHUP (the terminal of a standalone hubsshd closed) is a clean shutdown like SIGTERM, even
+/// the moment hubsshd says it listens: status 0, the socket file gone.
+#[test]
+fn sighup_at_once_is_a_clean_shutdown() {
+    let env = Env::new();
+    let mut server = env.start(Backend::Embedded, Route::Raw, &[]);
+    let socket = server.socket.clone().unwrap();
+    server.signal(1);
+    let status = server.wait_exit(10).expect("hubsshd exits after SIGHUP");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log()
+    );
+    assert!(!socket.exists(), "the unix socket is removed on exit");
+}
+
 fn shutdown_ends_sessions(backend: Backend) {
     let env = Env::new();
     let mut server = env.start(backend, Route::Raw, &["--shutdown-grace", "1"]);
