@@ -72,7 +72,7 @@ where
         Ok(h) => h,
         Err(e) => {
             warn!(%e, "closing connection: bad HTTP request");
-            let _ = http::respond(&mut stream, 400, "Bad Request", "bad request\n").await;
+            let _ = http::respond(&mut stream, None, 400, "Bad Request", "bad request\n").await;
             return;
         }
     };
@@ -80,7 +80,7 @@ where
     if !http::is_tunnel_path(&head.path) {
         info!(method = %head.method, %path, "404 for a path hubsshd does not serve");
         let body = "hubsshd serves its tunnel at / and at .../sshd/ only\n";
-        let _ = http::respond(&mut stream, 404, "Not Found", body).await;
+        let _ = http::respond(&mut stream, Some(&head.method), 404, "Not Found", body).await;
         return;
     }
     if !head.upgrade {
@@ -92,7 +92,7 @@ where
                 "hubsshd answers GET and WebSocket upgrades only\n".into(),
             ),
         };
-        let _ = http::respond(&mut stream, status, reason, &body).await;
+        let _ = http::respond(&mut stream, Some(&head.method), status, reason, &body).await;
         return;
     }
     if let Auth::Hub(hub) = &server.auth {
@@ -102,7 +102,7 @@ where
         };
         if let Some((status, reason, body)) = verdict.refusal() {
             info!(%path, status, "websocket refused");
-            let _ = http::respond(&mut stream, status, reason, &body).await;
+            let _ = http::respond(&mut stream, Some(&head.method), status, reason, &body).await;
             return;
         }
     }

@@ -120,17 +120,28 @@ pub fn is_tunnel_path(path: &str) -> bool {
     path == "/" || path.ends_with("/sshd/")
 }
 
-/// Writes a complete plain-text response and closes the write side.
+/// Writes a complete plain-text response to a request made with `method` (None: no request
+/// could be read) and closes the write side. A HEAD gets the headers alone; a 405 says which
+/// methods are allowed.
 pub async fn respond<S: AsyncWrite + Unpin>(
     stream: &mut S,
+    method: Option<&str>,
     status: u16,
     reason: &str,
     body: &str,
 ) -> std::io::Result<()> {
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\r\n{body}",
+    let allow = if status == 405 {
+        "allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{allow}connection: close\r\ncache-control: no-store\r\n\r\n",
         body.len()
     );
+    if method != Some("HEAD") {
+        response.push_str(body);
+    }
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
@@ -155,6 +166,28 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(is_tunnel_path(path), want, "{path}");
         }
+    }
+
+    async fn response(method: Option<&str>, status: u16, reason: &str) -> String {
+        let mut out = Vec::new();
+        respond(&mut out, method, status, reason, "hello\n")
+            .await
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn head_gets_the_headers_alone_and_405_says_what_is_allowed() {
+        let get = response(Some("GET"), 200, "OK").await;
+        assert!(get.ends_with("\r\n\r\nhello\n"), "{get}");
+        assert!(!get.contains("allow:"), "{get}");
+        let head = response(Some("HEAD"), 200, "OK").await;
+        assert!(head.ends_with("\r\n\r\n"), "a body after HEAD: {head}");
+        assert!(head.contains("content-length: 6\r\n"), "{head}");
+        let bad = response(None, 400, "Bad Request").await;
+        assert!(bad.ends_with("hello\n"), "{bad}");
+        let post = response(Some("POST"), 405, "Method Not Allowed").await;
+        assert!(post.contains("\r\nallow: GET, HEAD\r\n"), "{post}");
     }
 
     #[tokio::test]

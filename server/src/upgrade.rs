@@ -61,7 +61,7 @@ where
         Ok(key) => key,
         Err((status, reason, why)) => {
             let body = format!("{why}\n");
-            let _ = http::respond(&mut stream, status, reason, &body).await;
+            let _ = http::respond(&mut stream, Some(&head.method), status, reason, &body).await;
             return Err(UpgradeError::Invalid(why));
         }
     };
