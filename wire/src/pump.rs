@@ -23,6 +23,10 @@ const LOCAL_READ_SMALL: usize = 16 * 1024;
 /// Steps one direction takes before letting the other (and the rest of the runtime) run.
 const BUDGET: usize = 32;
 
+/// Once local output has failed (its process is gone), how long local input may still take to
+/// end: what it has left may be that process's last words, sshd's disconnect message.
+const OUTPUT_GONE_DRAIN: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PumpOptions {
     /// After local input ends (and the tunnel was shut down), how long the tunnel may go on
@@ -213,7 +217,8 @@ pub fn read_from_buf<T: AsyncBufRead + ?Sized>(
 
 /// Moves bytes both ways until both directions end (or as `opts` says). At local input's end
 /// the tunnel is shut down (a WebSocket sends its Close); at the tunnel's end the local output
-/// is shut down.
+/// is shut down. When local output fails, local input still goes to the tunnel until it ends
+/// (within [`OUTPUT_GONE_DRAIN`]), then the output's error is returned.
 ///
 /// # Errors
 /// The first failure of either direction, naming its side.
@@ -232,6 +237,7 @@ where
     let mut inb = Inbound::default();
     let mut pumped = Pumped::default();
     let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut output_gone: Option<(io::Error, Pin<Box<tokio::time::Sleep>>)> = None;
     poll_fn(|cx| {
         if !out.done {
             if let Poll::Ready(r) = out.poll(cx, tunnel, input, &mut pumped.to_tunnel) {
@@ -242,10 +248,24 @@ where
             }
         }
         if !inb.done {
-            if let Poll::Ready(r) = inb.poll(cx, tunnel, output, &mut pumped.from_tunnel) {
-                r?;
-                inb.done = true;
+            match inb.poll(cx, tunnel, output, &mut pumped.from_tunnel) {
+                Poll::Ready(Err(PumpError::Output(e))) => {
+                    inb.done = true;
+                    output_gone = Some((e, Box::pin(tokio::time::sleep(OUTPUT_GONE_DRAIN))));
+                }
+                Poll::Ready(r) => {
+                    r?;
+                    inb.done = true;
+                }
+                Poll::Pending => {}
             }
+        }
+        if let Some((_, drain)) = &mut output_gone {
+            if out.done || drain.as_mut().poll(cx).is_ready() {
+                let (e, _) = output_gone.take().expect("just seen");
+                return Poll::Ready(Err(PumpError::Output(e)));
+            }
+            return Poll::Pending;
         }
         let ended = (inb.done && (out.done || opts.end_with_tunnel))
             || linger
@@ -380,6 +400,47 @@ mod tests {
         tunnel_far.read_exact(&mut got).await.unwrap();
         let (head, tail) = got.split_at(burst.len());
         assert!(head == burst && &tail[..4] == b"abcd" && tail[4..] == exact[..]);
+    }
+
+    /// Local output that has gone (a process that exited): every write fails.
+    struct Gone;
+
+    impl AsyncWrite for Gone {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn local_input_s_last_words_still_go_out_after_local_output_failed() {
+        let (tunnel_near, mut tunnel_far) = tokio::io::duplex(1024);
+        let (mut input_far, mut input) = tokio::io::duplex(1024);
+        let mut tunnel = BufReader::new(tunnel_near);
+        // The client sends on; the local side (sshd, exited) can no longer take it...
+        tunnel_far.write_all(b"more for sshd").await.unwrap();
+        let words = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            // ...but its last output is still on its way.
+            input_far.write_all(b"disconnect: bye").await.unwrap();
+            drop(input_far);
+            let mut got = Vec::new();
+            tunnel_far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let pumped = pump(&mut tunnel, &mut input, &mut Gone, PumpOptions::default()).await;
+        assert!(matches!(pumped, Err(PumpError::Output(_))), "{pumped:?}");
+        drop(tunnel);
+        assert_eq!(words.await.unwrap(), b"disconnect: bye");
     }
 
     #[tokio::test(start_paused = true)]
