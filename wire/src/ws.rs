@@ -284,15 +284,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         match header.opcode {
             Opcode::Ping if !self.close_sent => self.pong = Some(payload.to_vec()),
             Opcode::Close => {
-                let (code, reason) = match *payload {
-                    [a, b, ref rest @ ..] => (u16::from_be_bytes([a, b]), rest),
-                    _ => (1005, &[][..]),
+                let (code, reason, coded) = match *payload {
+                    [a, b, ref rest @ ..] => (u16::from_be_bytes([a, b]), rest, true),
+                    _ => (1005, &[][..], false),
                 };
-                // Echo the code, as RFC 6455 5.5.1 asks, if it is one that may be sent; a reason
-                // that is not UTF-8 is invalid data (7.4.1).
+                // Echo the code, as RFC 6455 5.5.1 asks, if it is one that may be sent (1005,
+                // "none given", may not: sent, it is a protocol error); a reason that is not
+                // UTF-8 is invalid data (7.4.1).
                 let echo = match code {
+                    _ if !coded => CLOSE_NORMAL,
                     _ if std::str::from_utf8(reason).is_err() => CLOSE_INVALID_DATA,
-                    1005 => CLOSE_NORMAL,
                     1000..=1003 | 1007..=1014 | 3000..=4999 => code,
                     _ => CLOSE_PROTOCOL,
                 };
@@ -762,6 +763,19 @@ mod tests {
         );
         b.read_exact(&mut close).await.unwrap();
         assert_eq!(close, [0x88, 0x02, 0x03, 0xEF], "close 1007");
+
+        // A Close that says 1005 ("no code", which no frame may carry) is a protocol error;
+        // one with no code at all is answered as normal.
+        for (sent, echo) in [(&[0x03, 0xED][..], [0x03, 0xEA]), (&[][..], [0x03, 0xE8])] {
+            let (a, mut b) = tokio::io::duplex(1024);
+            let mut ours = WsStream::new(a, Role::Server, b"", LIMIT);
+            let mut frame = vec![0x88, 0x80 | sent.len() as u8, 0, 0, 0, 0];
+            frame.extend_from_slice(sent);
+            b.write_all(&frame).await.unwrap();
+            let _ = ours.read_u8().await;
+            b.read_exact(&mut close).await.unwrap();
+            assert_eq!(close[2..], echo, "the echo of a Close carrying {sent:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
