@@ -28,23 +28,29 @@ pub enum Dialect {
 
 /// Reads just enough of `stream` to name its dialect. The bytes read are returned inside the
 /// verdict so the caller can replay them.
+///
+/// The [`FIRST_BYTES_TIMEOUT`] covers all of them, not each read: a peer that sends one byte at a
+/// time cannot hold its connection slot for several timeouts.
 pub async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Dialect> {
     let mut buf = BytesMut::with_capacity(1024);
-    while buf.len() < SNIFF_LEN {
-        let n = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.read_buf(&mut buf)).await {
-            Ok(read) => read?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no bytes from the client within 30 s",
-                ))
+    let read = async {
+        while buf.len() < SNIFF_LEN {
+            if stream.read_buf(&mut buf).await? == 0 || !could_be(&buf) {
+                break;
             }
-        };
-        if n == 0 {
-            break;
         }
-        if !could_be(&buf) {
-            break;
+        Ok::<_, std::io::Error>(())
+    };
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, read).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "not {SNIFF_LEN} bytes from the client within {} s",
+                    FIRST_BYTES_TIMEOUT.as_secs()
+                ),
+            ))
         }
     }
     Ok(classify(buf.freeze()))
@@ -106,6 +112,25 @@ mod tests {
             let got = sniff_bytes(input).await;
             assert_eq!(kind(&got), want, "{:?}", String::from_utf8_lossy(input));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_byte_at_a_time_gets_one_timeout_in_all() {
+        let (mut far, mut near) = tokio::io::duplex(64);
+        let drip = tokio::spawn(async move {
+            for b in b"GET " {
+                tokio::time::sleep(FIRST_BYTES_TIMEOUT / 2).await;
+                if far.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+        let started = tokio::time::Instant::now();
+        let e = sniff(&mut near).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), FIRST_BYTES_TIMEOUT);
+        drip.abort();
     }
 
     #[tokio::test]
