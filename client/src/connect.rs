@@ -122,23 +122,29 @@ const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// silently then costs a quarter of a second, not the whole connect timeout.
 ///
 /// # Errors
-/// The last address's error once every one has failed (`InvalidInput` if there are none).
+/// Once every address has failed: a refusal if any refused (nothing listens: the clearest
+/// message), else the last error (`InvalidInput` if there are none).
 pub async fn connect_first(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
     let mut next = interleaved(addrs).into_iter();
     let mut attempts = tokio::task::JoinSet::new(); // dropped: the losers are aborted
     let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no addresses");
+    let mut refused = None;
     loop {
         if attempts.is_empty() {
             match next.next() {
                 Some(addr) => attempts.spawn(attempt(addr)),
-                None => return Err(last),
+                None => return Err(refused.unwrap_or(last)),
             };
         }
         tokio::select! {
             done = attempts.join_next() => match done {
                 Some(Ok(Ok(stream))) => return Ok(stream),
                 Some(Ok(Err(e))) => {
-                    last = e;
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        refused.get_or_insert(e);
+                    } else {
+                        last = e;
+                    }
                     if let Some(addr) = next.next() {
                         attempts.spawn(attempt(addr));
                     }

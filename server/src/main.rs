@@ -223,21 +223,30 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// SIGINT, SIGTERM and SIGHUP (the terminal of a standalone hubsshd closed), caught.
-struct Signals([tokio::signal::unix::Signal; 3]);
+/// SIGINT and SIGTERM, and SIGHUP (the terminal of a standalone hubsshd closed) unless hubsshd
+/// was started with it ignored (`nohup`), caught.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
+}
 
 impl Signals {
     fn install() -> Option<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         let caught = (|| {
-            Ok::<_, std::io::Error>([
-                signal(SignalKind::interrupt())?,
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::hangup())?,
-            ])
+            Ok::<_, std::io::Error>(Signals {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+                hup: if hangup_ignored() {
+                    None
+                } else {
+                    Some(signal(SignalKind::hangup())?)
+                },
+            })
         })();
         match caught {
-            Ok(all) => Some(Signals(all)),
+            Ok(signals) => Some(signals),
             Err(e) => {
                 tracing::warn!(%e, "cannot install signal handlers");
                 None
@@ -247,15 +256,26 @@ impl Signals {
 
     /// Cancels `shutdown` at the first signal. A second one ends hubsshd at once, status 1:
     /// the sessions still in their grace period are cut (sshd children see their pipes close).
-    async fn on_signal(self, shutdown: CancellationToken) {
-        let [mut int, mut term, mut hup] = self.0;
-        for received in 0.. {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
+    ///
+    /// A hangup counts once: a closing terminal may send two (to the job, and from the shell).
+    async fn on_signal(mut self, shutdown: CancellationToken) {
+        let mut received = 0;
+        loop {
+            let hangup = tokio::select! {
+                _ = self.int.recv() => false,
+                _ = self.term.recv() => false,
+                Some(()) = async {
+                    match &mut self.hup {
+                        Some(hup) => hup.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if hangup && received > 0 {
+                continue;
             }
-            if received == 0 {
+            received += 1;
+            if received == 1 {
                 tracing::info!("signal received: shutting down");
                 shutdown.cancel();
             } else {
@@ -264,4 +284,17 @@ impl Signals {
             }
         }
     }
+}
+
+/// Whether SIGHUP was set to be ignored when hubsshd started (`nohup`, or a supervisor that asks
+/// for it): then it stays ignored. Read from /proc (Linux); elsewhere taken as not ignored.
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (nix::libc::SIGHUP - 1)) != 0)
 }

@@ -67,6 +67,42 @@ fn sighup_at_once_is_a_clean_shutdown() {
     assert!(!socket.exists(), "the unix socket is removed on exit");
 }
 
+/// Started with SIGHUP ignored (`nohup hubsshd ... &`, then the terminal closes), hubsshd keeps
+/// it ignored: it goes on serving, and SIGTERM still stops it cleanly.
+#[test]
+fn under_nohup_a_hangup_is_ignored() {
+    let env = Env::new();
+    let (cmd, socket) = Hubsshd::command(
+        env.path(),
+        Backend::Embedded,
+        Route::Raw.listen(),
+        &env.authorized_keys,
+        &[],
+    );
+    let mut nohup = Command::new("nohup");
+    nohup.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => nohup.env(k, v),
+            None => nohup.env_remove(k),
+        };
+    }
+    let mut server = Hubsshd::spawn(nohup, socket.clone());
+    server.signal(1);
+    assert!(
+        server.wait_exit(2).is_none(),
+        "hubsshd stopped on a SIGHUP it was started ignoring:\n{}",
+        server.log()
+    );
+    server.signal(15);
+    let status = server.wait_exit(10).expect("hubsshd exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !socket.unwrap().exists(),
+        "the unix socket is removed on exit"
+    );
+}
+
 fn shutdown_ends_sessions(backend: Backend) {
     let env = Env::new();
     let mut server = env.start(backend, Route::Raw, &["--shutdown-grace", "1"]);

@@ -10,7 +10,7 @@ use russh::{Channel, ChannelOpenFailure, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::channels::Channels;
 use super::inbox::Inbox;
@@ -131,6 +131,13 @@ pub async fn pump<S>(
     let _ = channel.close().await;
 }
 
+/// After a failed accept (out of file descriptors, most often), a pause before the next: the
+/// listener stays, and the loop does not spin while the condition lasts.
+async fn accept_failed(e: std::io::Error) {
+    warn!(%e, "accept failed on a forwarded listener: retrying");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 /// A listener task that stops when dropped (its session ended or the forward was cancelled).
 pub struct ListenerTask(JoinHandle<()>);
 
@@ -166,7 +173,14 @@ async fn accept_forwarded(
     handle: Handle,
     channels: Arc<Channels>,
 ) {
-    while let Ok((stream, peer)) = listener.accept().await {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (handle, channels, address) = (handle.clone(), channels.clone(), address.clone());
         tokio::spawn(
@@ -197,7 +211,14 @@ pub fn serve_agent(
 ) -> ListenerTask {
     ListenerTask(tokio::spawn(
         async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        accept_failed(e).await;
+                        continue;
+                    }
+                };
                 let (handle, channels) = (handle.clone(), channels.clone());
                 tokio::spawn(async move {
                     match handle.channel_open_agent().await {

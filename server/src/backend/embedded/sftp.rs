@@ -75,6 +75,18 @@ struct Dir {
     entries: fs::ReadDir,
 }
 
+/// The next entry of `entries`, or None at its end. A failed read (EIO on a network filesystem)
+/// ends the listing, as for sftp-server: what was read goes out, and then the end.
+fn next_entry(entries: &mut fs::ReadDir, path: &Path) -> Option<std::ffi::OsString> {
+    match entries.next()? {
+        Ok(entry) => Some(entry.file_name()),
+        Err(e) => {
+            tracing::debug!(%e, dir = %path.display(), "directory read failed: listing ends here");
+            None
+        }
+    }
+}
+
 /// One client's SFTP state.
 pub struct Sftp {
     home: PathBuf,
@@ -416,12 +428,11 @@ impl russh_sftp::server::Handler for Sftp {
             return Err(fail(StatusCode::Failure, "invalid handle"));
         };
         let mut files = std::mem::take(&mut dir.dots);
-        blocking(|| -> io::Result<()> {
+        blocking(|| {
             while files.len() < DIR_BATCH {
-                let Some(entry) = dir.entries.next() else {
+                let Some(name) = next_entry(&mut dir.entries, &dir.path) else {
                     break;
                 };
-                let name = entry?.file_name();
                 // Gone since it was listed, or unreadable: left out, as by sftp-server.
                 if let Ok(meta) = fs::symlink_metadata(dir.path.join(&name)) {
                     files.push(russh_sftp::protocol::File::new(
@@ -430,8 +441,7 @@ impl russh_sftp::server::Handler for Sftp {
                     ));
                 }
             }
-            Ok(())
-        })?;
+        });
         if files.is_empty() {
             return Err(fail(StatusCode::Eof, "end of directory"));
         }
