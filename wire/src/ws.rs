@@ -299,6 +299,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 };
                 let reason = String::from_utf8_lossy(reason).into_owned();
                 self.queue_close(echo, "");
+                // A 1005 that was sent is the peer's protocol error, not "no code": say so.
+                let code = if coded && code == 1005 {
+                    CLOSE_PROTOCOL
+                } else {
+                    code
+                };
                 self.read_end = Some(ReadEnd::Closed { code, reason });
             }
             _ => {}
@@ -766,7 +772,10 @@ mod tests {
 
         // A Close that says 1005 ("no code", which no frame may carry) is a protocol error;
         // one with no code at all is answered as normal.
-        for (sent, echo) in [(&[0x03, 0xED][..], [0x03, 0xEA]), (&[][..], [0x03, 0xE8])] {
+        for (sent, echo, read) in [
+            (&[0x03, 0xED][..], [0x03, 0xEA], CLOSE_PROTOCOL),
+            (&[][..], [0x03, 0xE8], 1005),
+        ] {
             let (a, mut b) = tokio::io::duplex(1024);
             let mut ours = WsStream::new(a, Role::Server, b"", LIMIT);
             let mut frame = vec![0x88, 0x80 | sent.len() as u8, 0, 0, 0, 0];
@@ -775,6 +784,10 @@ mod tests {
             let _ = ours.read_u8().await;
             b.read_exact(&mut close).await.unwrap();
             assert_eq!(close[2..], echo, "the echo of a Close carrying {sent:?}");
+            let Some(ReadEnd::Closed { code, .. }) = ours.read_end() else {
+                panic!("reading did not end with the Close");
+            };
+            assert_eq!(*code, read, "the Close as read, {sent:?}");
         }
     }
 
