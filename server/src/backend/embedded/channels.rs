@@ -18,7 +18,11 @@ enum Slot {
     /// closed the channel already (its consumer still gets what came before).
     #[default]
     Early,
-    Held(Vec<Bytes>, bool, bool),
+    Held {
+        data: Vec<Bytes>,
+        eof: bool,
+        closed: bool,
+    },
     Live(InboxTx),
 }
 
@@ -52,7 +56,7 @@ impl Channels {
             tx.close();
             return rx;
         }
-        if let Some(Slot::Held(data, eof, closed)) = slots.insert(id, Slot::Live(tx.clone())) {
+        if let Some(Slot::Held { data, eof, closed }) = slots.insert(id, Slot::Live(tx.clone())) {
             for d in data {
                 tx.push_now(d);
             }
@@ -74,10 +78,14 @@ impl Channels {
             match slots.entry(id).or_default() {
                 Slot::Live(tx) => tx.clone(),
                 slot @ Slot::Early => {
-                    *slot = Slot::Held(vec![Bytes::copy_from_slice(data)], false, false);
+                    *slot = Slot::Held {
+                        data: vec![Bytes::copy_from_slice(data)],
+                        eof: false,
+                        closed: false,
+                    };
                     return;
                 }
-                Slot::Held(held, _, _) => {
+                Slot::Held { data: held, .. } => {
                     held.push(Bytes::copy_from_slice(data));
                     return;
                 }
@@ -91,8 +99,14 @@ impl Channels {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         match slots.entry(id).or_default() {
             Slot::Live(tx) => tx.eof(),
-            Slot::Held(_, eof, _) => *eof = true,
-            slot @ Slot::Early => *slot = Slot::Held(Vec::new(), true, false),
+            Slot::Held { eof, .. } => *eof = true,
+            slot @ Slot::Early => {
+                *slot = Slot::Held {
+                    data: Vec::new(),
+                    eof: true,
+                    closed: false,
+                }
+            }
         }
     }
 
@@ -103,8 +117,9 @@ impl Channels {
             Some(Slot::Live(tx)) => tx.close(),
             // Closed before its consumer came (a channel the server opened, fast client): the
             // consumer, when it registers, gets what came and the close.
-            Some(Slot::Held(data, _, _)) => {
-                slots.insert(id, Slot::Held(data, true, true));
+            Some(Slot::Held { data, .. }) => {
+                let (eof, closed) = (true, true);
+                slots.insert(id, Slot::Held { data, eof, closed });
             }
             Some(Slot::Early) | None => {}
         }
