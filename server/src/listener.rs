@@ -1,5 +1,6 @@
 //! The listening socket: loopback/any TCP or a unix socket file (created 0600, a stale one
-//! replaced, removed again when the listener is dropped).
+//! replaced, removed again when the listener is dropped, unless another server has put its own
+//! in its place by then).
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,7 +31,15 @@ pub enum Listener {
     Unix {
         listener: UnixListener,
         path: PathBuf,
+        /// The socket file's device and inode as bound, to remove that file and no other.
+        file: (u64, u64),
     },
+}
+
+/// A file's device and inode, without following a symlink.
+fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
 impl Listener {
@@ -65,10 +74,12 @@ impl Listener {
         umask(old);
         let std_listener = bound.map_err(unix_err)?;
         std_listener.set_nonblocking(true).map_err(unix_err)?;
+        let file = file_id(path).map_err(unix_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(unix_err)?;
         Ok(Listener::Unix {
             listener,
             path: path.to_owned(),
+            file,
         })
     }
 
@@ -132,7 +143,7 @@ impl Listener {
                 let _ = stream.set_nodelay(true);
                 Ok((Either::Left(stream), peer.to_string()))
             }
-            Listener::Unix { listener, path } => {
+            Listener::Unix { listener, path, .. } => {
                 let (stream, _) = listener.accept().await?;
                 Ok((Either::Right(stream), format!("unix:{}", path.display())))
             }
@@ -142,8 +153,12 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix { path, .. } = self {
-            let _ = std::fs::remove_file(path);
+        // A server started after ours may have found our socket gone quiet (we stopped
+        // accepting) and put its own at the path: that one stays.
+        if let Listener::Unix { path, file, .. } = self {
+            if file_id(path).is_ok_and(|id| id == *file) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -176,6 +191,20 @@ mod tests {
             Listener::bind_unix(&path),
             Err(BindError::NotASocket(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_socket_another_server_put_in_place_stays_when_ours_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let ours = Listener::bind_unix(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let theirs = Listener::bind_unix(&path).unwrap();
+        drop(ours);
+        assert!(path.exists(), "the other server's socket was removed");
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(theirs);
+        assert!(!path.exists());
     }
 
     #[tokio::test]
