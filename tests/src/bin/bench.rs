@@ -21,6 +21,7 @@
 //! `HUBSSH_BENCH_PIN=C,S` (e.g. `0,1`) runs the client side (this program, ssh and its
 //! ProxyCommand) on CPU C and the server side (sshd, hubsshd and what they start, the hub) on
 //! CPU S, as if they were two machines: the scheduler then no longer decides the last percents.
+//! `HUBSSH_BENCH_CIPHER` sets the cipher every route uses (see [`cipher`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,8 +33,28 @@ use std::time::{Duration, Instant};
 use hubssh_tests::client::{Backend, Env, Route};
 use hubssh_tests::procs;
 
-/// The cipher every route uses, so the tunnel is the only difference.
-const CIPHER: &str = "aes128-gcm@openssh.com";
+/// The cipher every route uses, so the tunnel is the only difference: by default the one that
+/// costs ssh and sshd least CPU per byte (AES-NI), which leaves the tunnel's own cost most in
+/// view. `HUBSSH_BENCH_CIPHER` picks another, e.g. `chacha20-poly1305@openssh.com`, what
+/// OpenSSH negotiates when nothing is configured.
+fn cipher() -> &'static str {
+    static CIPHER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CIPHER.get_or_init(|| {
+        let Ok(wanted) = std::env::var("HUBSSH_BENCH_CIPHER") else {
+            return "aes128-gcm@openssh.com".to_owned();
+        };
+        let known = Command::new("ssh")
+            .args(["-Q", "cipher"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == wanted))
+            .unwrap_or(false);
+        if !known {
+            eprintln!("hubssh-bench: HUBSSH_BENCH_CIPHER={wanted:?}: not a cipher this ssh has (see `ssh -Q cipher`)");
+            std::process::exit(2);
+        }
+        wanted
+    })
+}
 
 /// Seconds one transfer may take before it counts as hung, is killed, and the run goes on
 /// (`HUBSSH_BENCH_LIMIT` overrides).
@@ -196,7 +217,10 @@ fn main() {
     // routes only, without SFTP, memory or hub.
     let only = args.next();
     let sftp_only = only.as_deref() == Some("sftp");
-    println!("hubssh-bench: {mib} MiB each way, cipher {CIPHER}, median of {runs} runs");
+    println!(
+        "hubssh-bench: {mib} MiB each way, cipher {}, median of {runs} runs",
+        cipher()
+    );
     match pinning() {
         Some((client, server)) => {
             pin_to(client);
@@ -402,7 +426,7 @@ fn measure_sftp(
                 Command::new("sftp")
                     .arg("-F")
                     .arg(&env.config)
-                    .args(["-c", CIPHER, "-b"])
+                    .args(["-c", cipher(), "-b"])
                     .arg(&file)
                     .arg("hub")
                     .process_group(0),
@@ -654,7 +678,7 @@ fn measure(subjects: &[(&'static str, &Env)], mib: usize, runs: usize) -> Vec<Fi
 fn connect_once(env: &Env) -> Option<f64> {
     let start = Instant::now();
     let mut ssh = env.ssh();
-    ssh.args(["-c", CIPHER, "hub", "true"]).process_group(0);
+    ssh.args(["-c", cipher(), "hub", "true"]).process_group(0);
     match procs::output_within(&mut ssh, limit().min(60)) {
         Ok(done) if done.status.success() => Some(start.elapsed().as_secs_f64() * 1000.0),
         _ => None,
@@ -702,11 +726,11 @@ struct Transfer {
 }
 
 impl Transfer {
-    /// Starts `ssh -c CIPHER hub REMOTE` and waits for the `go` line.
+    /// Starts `ssh -c <cipher> hub REMOTE` and waits for the `go` line.
     fn start(env: &Env, remote: &str, stdin: Stdio) -> Result<Transfer, String> {
         let mut child = env
             .ssh()
-            .args(["-c", CIPHER, "hub", remote])
+            .args(["-c", cipher(), "hub", remote])
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
