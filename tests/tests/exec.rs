@@ -69,6 +69,39 @@ fn a_command_that_is_not_utf8_arrives_byte_for_byte() {
     }
 }
 
+/// The scheduling policy in a process's stat line (field 41): 3 is SCHED_BATCH, 0 SCHED_OTHER.
+fn policy_in(stat: &str) -> String {
+    // The name in parentheses may hold spaces: count from its closing one (field 2).
+    let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    after_name
+        .split(' ')
+        .nth(41 - 3)
+        .expect("field 41")
+        .to_owned()
+}
+
+/// hubsshd, every thread of it and the sessions it starts run under SCHED_BATCH (a relay sharing a
+/// CPU with its SSH server is then not woken for every packet), or the normal policy with
+/// `--sched normal`.
+#[test]
+fn hubsshd_and_its_sessions_run_under_the_chosen_scheduling_policy() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
+        for (extra, policy) in [(&[][..], "3"), (&["--sched", "normal"][..], "0")] {
+            let env = Env::new();
+            let server = env.start(backend, Route::Hubssh, extra);
+            let out = env.ssh_run("cat /proc/self/stat", 30);
+            assert!(out.status.success(), "{backend:?}: {}", out.stderr_text());
+            let what = format!("{backend:?} {extra:?}");
+            assert_eq!(policy_in(&out.stdout_text()), policy, "{what}: the session");
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+            for task in tasks {
+                let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+                assert_eq!(policy_in(&stat), policy, "{what}: hubsshd's thread {stat}");
+            }
+        }
+    }
+}
+
 /// `ssh -X` (ForwardX11 in a config meant for another host, often): no X11 forwarding on either
 /// backend, and ssh says so at once; the command runs as without it.
 #[test]
