@@ -75,9 +75,11 @@ struct Args {
     /// Seconds live sessions may go on after SIGINT/SIGTERM/SIGHUP.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     shutdown_grace: u64,
-    /// CPU scheduling policy for hubsshd and the sessions it starts: `batch` keeps a relay that
-    /// shares a CPU with its SSH server from being woken for every packet (see docs/deploy.md).
-    #[arg(long, value_enum, env = "HUBSSHD_SCHED", default_value_t = SchedArg::Batch)]
+    /// CPU scheduling policy for hubsshd and the sessions it starts. `batch` keeps a relay that
+    /// shares one CPU with sshd from being woken for every packet (bulk transfers up to 5x
+    /// faster there), at the cost of milliseconds per round trip while another program keeps
+    /// that CPU busy (see docs/deploy.md).
+    #[arg(long, value_enum, env = "HUBSSHD_SCHED", default_value_t = SchedArg::Normal)]
     sched: SchedArg,
     /// Log debug detail.
     #[arg(short, long)]
@@ -123,7 +125,7 @@ fn main() {
     if args.sched == SchedArg::Batch {
         // Before the runtime: its threads, and every process hubsshd starts, inherit the policy.
         if let Err(e) = batch_scheduling() {
-            tracing::debug!(%e, "keeping the normal scheduling policy");
+            tracing::warn!(%e, "cannot use SCHED_BATCH; keeping the normal scheduling policy");
         }
     }
     let outcome = tokio::runtime::Builder::new_multi_thread()
@@ -141,8 +143,10 @@ fn main() {
 /// hubsshd and the SSH server behind it (sshd, or a session's process); where they share a CPU,
 /// the normal policy lets each wakeup preempt the writer, and the relay then moves one SSH packet
 /// per switch. On one CPU, `sshd -i` downloads ran at 120-150 MiB/s for 10-14 CPU seconds a GiB
-/// that way, and at 590-680 MiB/s and under 3 s under SCHED_BATCH, which does away with wakeup
-/// preemption and nothing else (the same share of CPU, the same nice value).
+/// that way (at times 550 MiB/s: the two patterns are both stable), and at 590-710 MiB/s and under
+/// 3 s under SCHED_BATCH, which does away with wakeup preemption and nothing else (the same share
+/// of CPU, the same nice value). Not the default: with another program keeping that CPU busy, a
+/// round trip through the session took 4 ms instead of 0.1 ms, for the same throughput.
 #[cfg(target_os = "linux")]
 fn batch_scheduling() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
