@@ -142,7 +142,7 @@ fn main() {
 /// Puts the calling thread under SCHED_BATCH, at its nice value. Each byte of a session crosses
 /// hubsshd and the SSH server behind it (sshd, or a session's process); where they share a CPU,
 /// the normal policy lets each wakeup preempt the writer, and the relay then moves one SSH packet
-/// per switch. On one CPU, `sshd -i` downloads ran at 120-150 MiB/s for 10-14 CPU seconds a GiB
+/// per switch. On one CPU, `sshd -i` downloads ran at 120-180 MiB/s for 10-14 CPU seconds a GiB
 /// that way (at times 550 MiB/s: the two patterns are both stable), and at 590-710 MiB/s and under
 /// 3 s under SCHED_BATCH, which does away with wakeup preemption and nothing else (the same share
 /// of CPU, the same nice value). Not the default: with another program keeping that CPU busy, a
