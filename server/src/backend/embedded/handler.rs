@@ -3,12 +3,18 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use russh::keys::ssh_key::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet, Pty, Sig};
-use tokio::sync::mpsc;
+use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, info, warn, Instrument};
 
 use super::auth::{self, SshAuth};
@@ -142,8 +148,8 @@ impl Handler {
                     // The SFTP server reads the inbox and writes the channel directly; it drops
                     // the stream when the client ends the session, and then scp wants an exit
                     // status.
-                    let (done_tx, done) = tokio::sync::oneshot::channel();
-                    let out = NotifyOnDrop::new(writer.make_writer(), done_tx);
+                    let (done_tx, done) = oneshot::channel();
+                    let out = SftpOut::new(writer.make_writer(), done_tx, inbox.closed());
                     let stream = tokio::io::join(inbox.into_reader(), out);
                     russh_sftp::server::run(stream, Sftp::new(home)).await;
                     let _ = done.await;
@@ -161,23 +167,33 @@ impl Handler {
     }
 }
 
-/// A writer that signals when it is dropped (russh-sftp's server loop gives no other sign of
-/// its end).
-struct NotifyOnDrop<W> {
+/// The SFTP server's side of its channel: signals when it is dropped (russh-sftp's server loop
+/// gives no other sign of its end), and once the channel is closed (by the client, or with its
+/// connection) takes every write without sending it. A write waiting for window that will never
+/// open (the client vanished mid-download) then no longer holds the session: the server goes on
+/// to apply what the client sent before, reaches the inbox's end and stops.
+struct SftpOut<W> {
     inner: W,
-    done: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<()>>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
-impl<W> NotifyOnDrop<W> {
-    fn new(inner: W, done: tokio::sync::oneshot::Sender<()>) -> Self {
-        NotifyOnDrop {
+impl<W> SftpOut<W> {
+    fn new(inner: W, done: oneshot::Sender<()>, closed: CancellationToken) -> Self {
+        SftpOut {
             inner,
             done: Some(done),
+            closed: Box::pin(closed.cancelled_owned()),
         }
+    }
+
+    /// Whether the channel is closed; if not, the task is woken when it is.
+    fn is_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        Future::poll(self.closed.as_mut(), cx).is_ready()
     }
 }
 
-impl<W> Drop for NotifyOnDrop<W> {
+impl<W> Drop for SftpOut<W> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             let _ = done.send(());
@@ -185,27 +201,30 @@ impl<W> Drop for NotifyOnDrop<W> {
     }
 }
 
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for NotifyOnDrop<W> {
+impl<W: AsyncWrite + Unpin> AsyncWrite for SftpOut<W> {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    ) -> Poll<io::Result<usize>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
