@@ -139,14 +139,10 @@ fn main() {
     }
 }
 
-/// Puts the calling thread under SCHED_BATCH, at its nice value. Each byte of a session crosses
-/// hubsshd and the SSH server behind it (sshd, or a session's process); where they share a CPU,
-/// the normal policy lets each wakeup preempt the writer, and the relay then moves one SSH packet
-/// per switch. On one CPU, `sshd -i` downloads ran at 120-180 MiB/s for 10-14 CPU seconds a GiB
-/// that way (at times 550 MiB/s: the two patterns are both stable), and at 590-710 MiB/s and under
-/// 3 s under SCHED_BATCH, which does away with wakeup preemption and nothing else (the same share
-/// of CPU, the same nice value). Not the default: with another program keeping that CPU busy, a
-/// round trip through the session took 4 ms instead of 0.1 ms, for the same throughput.
+/// Puts the calling thread under SCHED_BATCH, at its nice value: no wakeup preemption, so a relay
+/// that shares a CPU with the SSH server behind it moves a burst per switch instead of a packet.
+/// Not the default: it costs round-trip latency when another program keeps that CPU busy.
+/// docs/deploy.md has the figures.
 #[cfg(target_os = "linux")]
 fn batch_scheduling() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
