@@ -2,10 +2,12 @@
 //! replaced, removed again when the listener is dropped, unless another server has put its own
 //! in its place by then).
 
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::{umask, Mode};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::either::Either;
@@ -42,6 +44,20 @@ fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
+/// An exclusive lock on the directory that holds `path`, for as long as a server there checks
+/// whether the socket at `path` is stale, removes it and binds its own. Without it two servers
+/// started at once could both find the same stale socket, and the second would remove the
+/// first's fresh one and orphan it; with it the second finds the first's socket live. `None`
+/// when the directory cannot be opened or locked: the replacement then goes unguarded.
+fn lock_parent(path: &Path) -> Option<Flock<File>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = File::open(dir).ok()?;
+    Flock::lock(dir, FlockArg::LockExclusive).ok()
+}
+
 impl Listener {
     /// Binds a TCP listener; port 0 picks a free port (see [`Listener::describe`]).
     pub async fn bind_tcp(addr: SocketAddr) -> Result<Self, BindError> {
@@ -58,6 +74,7 @@ impl Listener {
             path: path.to_owned(),
             source,
         };
+        let _replacing = lock_parent(path);
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
@@ -191,6 +208,47 @@ mod tests {
             Listener::bind_unix(&path),
             Err(BindError::NotASocket(_))
         ));
+    }
+
+    #[test]
+    fn servers_started_at_once_on_a_stale_socket_leave_exactly_one_listening() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        for _ in 0..20 {
+            drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+            let start = std::sync::Barrier::new(4);
+            let bound: Vec<_> = std::thread::scope(|s| {
+                let starts: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let _rt = runtime.enter();
+                            start.wait();
+                            Listener::bind_unix(&path)
+                        })
+                    })
+                    .collect();
+                starts.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let mut live = bound.into_iter().filter_map(|b| match b {
+                Ok(l) => Some(l),
+                Err(BindError::InUse(_)) => None,
+                Err(e) => panic!("{e}"),
+            });
+            let winner = live.next().expect("no server listens");
+            assert!(live.next().is_none(), "two servers think they listen");
+            let Listener::Unix { file, .. } = &winner else {
+                unreachable!()
+            };
+            assert_eq!(
+                file_id(&path).unwrap(),
+                *file,
+                "the one listening lost its socket"
+            );
+        }
     }
 
     #[tokio::test]
