@@ -71,6 +71,21 @@ impl Channels {
         rx
     }
 
+    /// The client confirmed a channel the server opened (a forwarded connection, an agent
+    /// request). Its consumer registers from another task, so the client may close the channel
+    /// first: from now on that close is kept for the consumer, which would otherwise wait on
+    /// its local stream for good.
+    pub fn opened(&self, id: ChannelId) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.gone.is_cancelled() {
+            slots.entry(id).or_insert_with(|| Slot::Held {
+                data: Vec::new(),
+                eof: false,
+                closed: false,
+            });
+        }
+    }
+
     /// Delivers bytes the client sent on channel `id`.
     pub async fn push(&self, id: ChannelId, data: &[u8]) {
         let tx = {
@@ -145,5 +160,55 @@ impl Channels {
     /// Resolves once the connection has ended.
     pub async fn gone(&self) {
         self.gone.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn id(n: u32) -> ChannelId {
+        use russh::keys::ssh_encoding::Decode;
+        ChannelId::decode(&mut &n.to_be_bytes()[..]).unwrap()
+    }
+
+    async fn read_all(inbox: Inbox) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            inbox.into_reader().read_to_end(&mut got),
+        )
+        .await
+        .expect("the inbox never ended")
+        .expect("read");
+        got
+    }
+
+    #[tokio::test]
+    async fn a_channel_closed_before_its_consumer_registers_ends_its_inbox() {
+        let channels = Channels::default();
+        let (quiet, talking) = (id(1), id(2));
+        for id in [quiet, talking] {
+            channels.opened(id);
+        }
+        channels.push(talking, b"hello").await;
+        for id in [quiet, talking] {
+            channels.remove(id);
+        }
+        assert_eq!(read_all(channels.register(quiet)).await, b"");
+        assert_eq!(read_all(channels.register(talking)).await, b"hello");
+        assert_eq!(channels.len(), 0, "a closed channel's entry stays");
+    }
+
+    #[tokio::test]
+    async fn a_consumer_done_before_the_close_leaves_no_entry() {
+        let channels = Channels::default();
+        channels.opened(id(1));
+        let inbox = channels.register(id(1));
+        channels.remove(id(1)); // the consumer is done
+        channels.remove(id(1)); // the client's close comes after
+        drop(inbox);
+        assert_eq!(channels.len(), 0);
     }
 }

@@ -368,6 +368,17 @@ impl russh::server::Handler for Handler {
         Ok(())
     }
 
+    async fn channel_open_confirmation(
+        &mut self,
+        id: ChannelId,
+        _max_packet_size: u32,
+        _window_size: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.opened(id);
+        Ok(())
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,
