@@ -39,7 +39,7 @@ pub enum Listener {
 }
 
 /// A file's device and inode, without following a symlink.
-fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+pub(crate) fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
 }

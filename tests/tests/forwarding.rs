@@ -139,6 +139,53 @@ fn remote_forward_reaches_a_local_server() {
     );
 }
 
+/// `-R` from a unix socket on the server (a forwarded GnuPG agent or docker socket): the socket
+/// is 0600, reaches the client's target, and goes away with the session; a file already at the
+/// path is refused, never replaced, as sshd does by default.
+#[test]
+fn remote_forward_from_a_unix_socket() {
+    need("python3");
+    need("curl");
+    let env = Env::new();
+    let _server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let site = site(&env, "u.txt", "over a unix socket\n");
+    let (_http, local) = procs::http_server(&site);
+    let sock = env.path().join("remote.sock");
+    let forward = |remote: &str| {
+        procs::output(
+            env.ssh().args([
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("{}:127.0.0.1:{local}", sock.display()),
+                "hub",
+                remote,
+            ]),
+            60,
+        )
+    };
+    let out = forward(&format!(
+        "stat -c %a {0}; curl -sS --max-time 10 --unix-socket {0} http://x/u.txt",
+        sock.display()
+    ))
+    .ok();
+    assert_eq!(out.stdout_text(), "600\nover a unix socket\n");
+    assert!(
+        procs::wait_until(10, || !sock.exists()),
+        "the forwarded socket outlived its session"
+    );
+
+    std::fs::write(&sock, "mine").unwrap();
+    let out = forward("echo ran");
+    assert!(!out.status.success(), "a forward over a file went ahead");
+    assert!(
+        out.stderr_text().contains("forwarding failed"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "mine");
+}
+
 /// TCP sockets on local port `port` that a process still holds (an orphaned socket, closed by
 /// its process and finishing its shutdown in the kernel, has inode 0).
 fn sockets_held_on_port(port: u16) -> usize {
@@ -360,6 +407,21 @@ fn cancelled_remote_forward_stops_listening() {
     assert!(
         procs::wait_until(10, || TcpStream::connect(("127.0.0.1", remote)).is_err()),
         "the -R listener is still open after cancel"
+    );
+
+    // From a unix socket: cancelling removes the socket file too.
+    let sock = env.path().join("cancelled.sock");
+    let spec = format!("{}:127.0.0.1:{local}", sock.display());
+    control(&env, &ctl_opt, "forward", "-R", &spec);
+    assert!(
+        procs::wait_until(10, || std::os::unix::net::UnixStream::connect(&sock)
+            .is_ok()),
+        "the -R socket did not open"
+    );
+    control(&env, &ctl_opt, "cancel", "-R", &spec);
+    assert!(
+        procs::wait_until(10, || !sock.exists()),
+        "the -R socket is still there after cancel"
     );
 }
 

@@ -1,7 +1,10 @@
 //! Port and socket forwarding: `direct-tcpip` (`ssh -L`, `-D`, VS Code's tunnels),
 //! `direct-streamlocal` (`-L` to a unix socket), and the listeners behind `tcpip-forward`
-//! (`ssh -R`) and agent forwarding, which open channels back to the client.
+//! (`ssh -R`), `streamlocal-forward` (`ssh -R` from a unix socket, as for a forwarded GnuPG
+//! agent) and agent forwarding, which open channels back to the client.
 
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::channels::Channels;
 use super::inbox::Inbox;
 use super::process::forward_output;
+use crate::listener::file_id;
 
 /// How long connecting to a forward's target may take before the channel open fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -138,13 +142,125 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// A listener task that stops when dropped (its session ended or the forward was cancelled).
-pub struct ListenerTask(JoinHandle<()>);
+/// A listener task that stops when dropped (its session ended or the forward was cancelled),
+/// and removes its socket file then, if it listens on one.
+pub struct ListenerTask {
+    task: JoinHandle<()>,
+    _socket: Option<SocketFile>,
+}
+
+impl ListenerTask {
+    fn new(task: JoinHandle<()>) -> Self {
+        ListenerTask {
+            task,
+            _socket: None,
+        }
+    }
+}
 
 impl Drop for ListenerTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
+}
+
+/// A socket file we created: removed when dropped, unless another file has taken its place.
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if file_id(&self.path).is_ok_and(|id| id == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Listens on a unix socket at `path` for a `streamlocal-forward`, as sshd does by default
+/// (`StreamLocalBindMask 0177`, `StreamLocalBindUnlink no`): the socket is 0600 from the moment
+/// it appears at `path`, and a file already there is an error, never replaced. It is bound in a
+/// private directory beside `path` and linked into place, since the umask is the process's and
+/// other sessions create files meanwhile.
+pub fn bind_forward_socket(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".hubssh-forward-")
+        .tempdir_in(parent)?; // 0700
+    let staged = private.path().join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&staged)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::hard_link(&staged, path)?;
+    let socket = SocketFile {
+        path: path.to_owned(),
+        id: file_id(path)?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok((UnixListener::from_std(listener)?, socket))
+}
+
+/// Accepts on `listener` and opens a `forwarded-streamlocal` channel to the client for each
+/// connection, naming the socket `path` as the client asked for it (that is how the client
+/// finds its forward).
+pub fn serve_streamlocal_forward(
+    listener: UnixListener,
+    socket: SocketFile,
+    path: String,
+    handle: Handle,
+    channels: Arc<Channels>,
+) -> ListenerTask {
+    let open = move |handle: Handle| {
+        let path = path.clone();
+        async move { handle.channel_open_forwarded_streamlocal(path).await }
+    };
+    ListenerTask {
+        task: serve_unix(listener, handle, channels, open, "forwarded connection"),
+        _socket: Some(socket),
+    }
+}
+
+/// Accepts on `listener` and, for each connection, opens a channel to the client with `open`
+/// and pumps the connection over it.
+fn serve_unix<F, Opening>(
+    listener: UnixListener,
+    handle: Handle,
+    channels: Arc<Channels>,
+    open: F,
+    what: &'static str,
+) -> JoinHandle<()>
+where
+    F: Fn(Handle) -> Opening + Send + 'static,
+    Opening: Future<Output = Result<Channel<Msg>, russh::Error>> + Send + 'static,
+{
+    tokio::spawn(
+        async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        accept_failed(e).await;
+                        continue;
+                    }
+                };
+                let (opening, channels) = (open(handle.clone()), channels.clone());
+                tokio::spawn(
+                    async move {
+                        match opening.await {
+                            Ok(channel) => attach(stream, channel, &channels).await,
+                            Err(e) => debug!(%e, "client refused the {what}"),
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+        .in_current_span(),
+    )
 }
 
 /// Accepts on `listeners` (one port, both families) and opens a `forwarded-tcpip` channel to the
@@ -161,7 +277,7 @@ pub fn serve_tcpip_forward(
         let (address, handle, channels) = (address.clone(), handle.clone(), channels.clone());
         each.spawn(accept_forwarded(listener, address, port, handle, channels).in_current_span());
     }
-    ListenerTask(tokio::spawn(async move {
+    ListenerTask::new(tokio::spawn(async move {
         while each.join_next().await.is_some() {}
     }))
 }
@@ -209,26 +325,13 @@ pub fn serve_agent(
     handle: Handle,
     channels: Arc<Channels>,
 ) -> ListenerTask {
-    ListenerTask(tokio::spawn(
-        async move {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        accept_failed(e).await;
-                        continue;
-                    }
-                };
-                let (handle, channels) = (handle.clone(), channels.clone());
-                tokio::spawn(async move {
-                    match handle.channel_open_agent().await {
-                        Ok(channel) => attach(stream, channel, &channels).await,
-                        Err(e) => debug!(%e, "client refused the agent channel"),
-                    }
-                });
-            }
-        }
-        .in_current_span(),
+    let open = |handle: Handle| async move { handle.channel_open_agent().await };
+    ListenerTask::new(serve_unix(
+        listener,
+        handle,
+        channels,
+        open,
+        "agent channel",
     ))
 }
 

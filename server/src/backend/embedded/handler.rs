@@ -603,6 +603,49 @@ impl russh::server::Handler for Handler {
         Ok(true)
     }
 
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // A relative path is taken from the home directory, where the session's commands start.
+        let path = self.shared.user.home.join(socket_path);
+        let key = format!("unix:{}", path.display());
+        if self.listeners.contains_key(&key) {
+            return Ok(false);
+        }
+        match forward::bind_forward_socket(&path) {
+            Ok((listener, socket)) => {
+                info!(path = %path.display(), "remote forward listening on a unix socket");
+                let task = forward::serve_streamlocal_forward(
+                    listener,
+                    socket,
+                    socket_path.to_owned(),
+                    session.handle(),
+                    self.channels.clone(),
+                );
+                self.listeners.insert(key, task);
+                Ok(true)
+            }
+            Err(e) => {
+                info!(%e, path = %path.display(), "cannot listen for a remote forward");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let path = self.shared.user.home.join(socket_path);
+        Ok(self
+            .listeners
+            .remove(&format!("unix:{}", path.display()))
+            .is_some())
+    }
+
     async fn cancel_tcpip_forward(
         &mut self,
         address: &str,
