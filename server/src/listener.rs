@@ -48,14 +48,24 @@ pub(crate) fn file_id(path: &Path) -> io::Result<(u64, u64)> {
 /// whether the socket at `path` is stale, removes it and binds its own. Without it two servers
 /// started at once could both find the same stale socket, and the second would remove the
 /// first's fresh one and orphan it; with it the second finds the first's socket live. `None`
-/// when the directory cannot be opened or locked: the replacement then goes unguarded.
+/// when the directory cannot be opened or locked (within 2 s): the replacement then goes
+/// unguarded.
 fn lock_parent(path: &Path) -> Option<Flock<File>> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let dir = File::open(dir).ok()?;
-    Flock::lock(dir, FlockArg::LockExclusive).ok()
+    let mut dir = File::open(dir).ok()?;
+    // Held for a moment by another server binding there; never wait on a lock held for long.
+    for _ in 0..100 {
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Some(lock),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => dir = file,
+            Err(_) => return None,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
 }
 
 impl Listener {

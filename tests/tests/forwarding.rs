@@ -151,6 +151,8 @@ fn remote_forward_from_a_unix_socket() {
     let site = site(&env, "u.txt", "over a unix socket\n");
     let (_http, local) = procs::http_server(&site);
     let sock = env.path().join("remote.sock");
+    // A relative path is taken from the home directory, where the command starts.
+    let relative = format!("./hubssh-test-{}.sock", std::process::id());
     let forward = |remote: &str| {
         procs::output(
             env.ssh().args([
@@ -158,6 +160,8 @@ fn remote_forward_from_a_unix_socket() {
                 "ExitOnForwardFailure=yes",
                 "-R",
                 &format!("{}:127.0.0.1:{local}", sock.display()),
+                "-R",
+                &format!("{relative}:127.0.0.1:{local}"),
                 "hub",
                 remote,
             ]),
@@ -165,25 +169,44 @@ fn remote_forward_from_a_unix_socket() {
         )
     };
     let out = forward(&format!(
-        "stat -c %a {0}; curl -sS --max-time 10 --unix-socket {0} http://x/u.txt",
+        "stat -c %a {0}; curl -sS --max-time 10 --unix-socket {0} http://x/u.txt; \
+         curl -sS --max-time 10 --unix-socket {relative} http://x/u.txt",
         sock.display()
     ))
     .ok();
-    assert_eq!(out.stdout_text(), "600\nover a unix socket\n");
+    assert_eq!(
+        out.stdout_text(),
+        "600\nover a unix socket\nover a unix socket\n"
+    );
     assert!(
         procs::wait_until(10, || !sock.exists()),
         "the forwarded socket outlived its session"
     );
+    let staged: Vec<_> = std::fs::read_dir(env.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".hsf"))
+        .collect();
+    assert!(staged.is_empty(), "left behind: {staged:?}");
 
-    std::fs::write(&sock, "mine").unwrap();
-    let out = forward("echo ran");
-    assert!(!out.status.success(), "a forward over a file went ahead");
-    assert!(
-        out.stderr_text().contains("forwarding failed"),
-        "{}",
-        out.stderr_text()
-    );
-    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "mine");
+    // A file, or a symlink (dangling or not), already at the path is refused and left alone.
+    let target = env.path().join("target");
+    for what in ["a file", "a symlink"] {
+        if what == "a file" {
+            std::fs::write(&sock, "mine").unwrap();
+        } else {
+            std::os::unix::fs::symlink(&target, &sock).unwrap();
+        }
+        let out = forward("echo ran");
+        assert!(!out.status.success(), "a forward over {what} went ahead");
+        assert!(
+            out.stderr_text().contains("forwarding failed"),
+            "{}",
+            out.stderr_text()
+        );
+        assert!(!target.exists(), "the forward followed {what}");
+        std::fs::remove_file(&sock).expect("what was there stays");
+    }
 }
 
 /// TCP sockets on local port `port` that a process still holds (an orphaned socket, closed by

@@ -22,6 +22,8 @@ enum Slot {
         data: Vec<Bytes>,
         eof: bool,
         closed: bool,
+        /// A consumer is on its way: the server opened this channel ([`Channels::opened`]).
+        awaited: bool,
     },
     Live(InboxTx),
 }
@@ -56,7 +58,10 @@ impl Channels {
             tx.close();
             return rx;
         }
-        if let Some(Slot::Held { data, eof, closed }) = slots.insert(id, Slot::Live(tx.clone())) {
+        if let Some(Slot::Held {
+            data, eof, closed, ..
+        }) = slots.insert(id, Slot::Live(tx.clone()))
+        {
             for d in data {
                 tx.push_now(d);
             }
@@ -82,6 +87,7 @@ impl Channels {
                 data: Vec::new(),
                 eof: false,
                 closed: false,
+                awaited: true,
             });
         }
     }
@@ -97,6 +103,7 @@ impl Channels {
                         data: vec![Bytes::copy_from_slice(data)],
                         eof: false,
                         closed: false,
+                        awaited: false,
                     };
                     return;
                 }
@@ -120,23 +127,39 @@ impl Channels {
                     data: Vec::new(),
                     eof: true,
                     closed: false,
+                    awaited: false,
                 }
             }
         }
     }
 
-    /// Forgets channel `id` (closed).
+    /// The client closed channel `id` (or its open was refused): forgets it. A consumer that is
+    /// done with a channel leaves its entry to this: bytes that still come meanwhile are dropped
+    /// (their window granted back), and no entry outlives the channel.
     pub fn remove(&self, id: ChannelId) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         match slots.remove(&id) {
             Some(Slot::Live(tx)) => tx.close(),
             // Closed before its consumer came (a channel the server opened, fast client): the
             // consumer, when it registers, gets what came and the close.
-            Some(Slot::Held { data, .. }) => {
-                let (eof, closed) = (true, true);
-                slots.insert(id, Slot::Held { data, eof, closed });
+            Some(Slot::Held {
+                data,
+                awaited: true,
+                ..
+            }) => {
+                let (eof, closed, awaited) = (true, true, true);
+                slots.insert(
+                    id,
+                    Slot::Held {
+                        data,
+                        eof,
+                        closed,
+                        awaited,
+                    },
+                );
             }
-            Some(Slot::Early) | None => {}
+            // A session channel closed before its command started: nobody will come for it.
+            Some(Slot::Held { awaited: false, .. } | Slot::Early) | None => {}
         }
     }
 
@@ -202,13 +225,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_consumer_done_before_the_close_leaves_no_entry() {
+    async fn no_entry_outlives_its_channel() {
         let channels = Channels::default();
+        // A consumer done before the client's close, with bytes still coming meanwhile.
         channels.opened(id(1));
-        let inbox = channels.register(id(1));
-        channels.remove(id(1)); // the consumer is done
-        channels.remove(id(1)); // the client's close comes after
-        drop(inbox);
+        drop(channels.register(id(1)));
+        channels.push(id(1), b"late").await;
+        channels.eof(id(1));
+        channels.remove(id(1));
+        // A session channel that got bytes, then closed before its command started.
+        channels.push(id(2), b"early").await;
+        channels.remove(id(2));
         assert_eq!(channels.len(), 0);
     }
 }

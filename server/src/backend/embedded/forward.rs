@@ -48,7 +48,8 @@ pub fn open_direct(
 ) {
     let (read, write) = channel.split();
     drop(read); // bytes arrive through the inbox: never stall the connection on this channel
-    let inbox = channels.register(write.id());
+    let id = write.id();
+    let inbox = channels.register(id);
     tokio::spawn(
         async move {
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -64,10 +65,12 @@ pub fn open_direct(
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     info!(%e, ?target, "forward target refused");
+                    channels.remove(id); // no close will come for a channel never opened
                     return reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
                 Err(_) => {
                     info!(?target, "forward target did not answer");
+                    channels.remove(id);
                     return reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
             };
@@ -189,16 +192,16 @@ pub fn bind_forward_socket(path: &Path) -> std::io::Result<(UnixListener, Socket
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let private = tempfile::Builder::new()
-        .prefix(".hubssh-forward-")
-        .tempdir_in(parent)?; // 0700
+    // A short name: the staged path must fit a socket address wherever `path` does.
+    let private = tempfile::Builder::new().prefix(".hsf").tempdir_in(parent)?; // 0700
     let staged = private.path().join("s");
     let listener = std::os::unix::net::UnixListener::bind(&staged)?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+    let id = file_id(&staged)?;
     std::fs::hard_link(&staged, path)?;
     let socket = SocketFile {
         path: path.to_owned(),
-        id: file_id(path)?,
+        id,
     };
     listener.set_nonblocking(true)?;
     Ok((UnixListener::from_std(listener)?, socket))
@@ -344,6 +347,6 @@ where
     drop(read);
     let id = write.id();
     let inbox = channels.register(id);
+    // The entry goes with the client's close, which answers the one `pump` sends.
     pump(stream, write, inbox, None, channels).await;
-    channels.remove(id);
 }

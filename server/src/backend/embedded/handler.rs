@@ -46,7 +46,8 @@ pub struct Handler {
     shared: Arc<Shared>,
     channels: Arc<Channels>,
     sessions: HashMap<ChannelId, SessionChannel>,
-    /// `-R` listeners by "address:port", and the agent listener; closed with the connection.
+    /// `-R` listeners by "address:port" or "unix:PATH", and the agent listener; closed with the
+    /// connection.
     listeners: HashMap<String, ListenerTask>,
     agent: Option<tempfile::TempDir>,
     /// Told when the client has logged in (the login grace period ends).
