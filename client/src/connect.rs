@@ -420,10 +420,10 @@ mod tests {
 
     #[tokio::test]
     async fn every_address_refused_is_refused() {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap(); // dropped: nothing listens there now
+        // Bound and never listening: refused, and no other test can take the port meanwhile.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = held.local_addr().unwrap();
         let e = connect_first(&[addr, addr]).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
     }
