@@ -123,6 +123,14 @@ impl Handler {
         session.channel_success(id).ok();
     }
 
+    /// Where a `-R` from the unix socket `socket_path` listens, and its key in `listeners`. A
+    /// relative path is taken from the home directory, where the session's commands start.
+    fn forward_socket(&self, socket_path: &str) -> (std::path::PathBuf, String) {
+        let path = self.shared.user.home.join(socket_path);
+        let key = format!("unix:{}", path.display());
+        (path, key)
+    }
+
     fn start_sftp(&mut self, id: ChannelId, session: &mut Session) {
         let Some(writer) = self.sessions.get_mut(&id).and_then(|c| c.writer.take()) else {
             session.channel_failure(id).ok();
@@ -609,9 +617,7 @@ impl russh::server::Handler for Handler {
         socket_path: &str,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        // A relative path is taken from the home directory, where the session's commands start.
-        let path = self.shared.user.home.join(socket_path);
-        let key = format!("unix:{}", path.display());
+        let (path, key) = self.forward_socket(socket_path);
         if self.listeners.contains_key(&key) {
             return Ok(false);
         }
@@ -640,11 +646,8 @@ impl russh::server::Handler for Handler {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let path = self.shared.user.home.join(socket_path);
-        Ok(self
-            .listeners
-            .remove(&format!("unix:{}", path.display()))
-            .is_some())
+        let (_, key) = self.forward_socket(socket_path);
+        Ok(self.listeners.remove(&key).is_some())
     }
 
     async fn cancel_tcpip_forward(
