@@ -32,14 +32,41 @@ pub enum Listener {
     Tcp(TcpListener),
     Unix {
         listener: UnixListener,
-        path: PathBuf,
-        /// The socket file's device and inode as bound, to remove that file and no other.
-        file: (u64, u64),
+        socket: SocketFile,
     },
 }
 
+/// A socket file we created: removed when dropped, unless another file has taken its place by
+/// then (a server started after ours may have found our socket gone quiet and put its own at
+/// the path: that one stays).
+#[derive(Debug)]
+pub struct SocketFile {
+    pub path: PathBuf,
+    /// The file's device and inode as bound, to remove that file and no other.
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// `path`, once the socket file is there, as the file whose identity `as_bound` has now
+    /// (`path` itself, or where it was bound before being linked into place).
+    pub fn new(path: PathBuf, as_bound: &Path) -> io::Result<Self> {
+        Ok(SocketFile {
+            path,
+            id: file_id(as_bound)?,
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if file_id(&self.path).is_ok_and(|id| id == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// A file's device and inode, without following a symlink.
-pub(crate) fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
 }
@@ -101,13 +128,9 @@ impl Listener {
         umask(old);
         let std_listener = bound.map_err(unix_err)?;
         std_listener.set_nonblocking(true).map_err(unix_err)?;
-        let file = file_id(path).map_err(unix_err)?;
+        let socket = SocketFile::new(path.to_owned(), path).map_err(unix_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(unix_err)?;
-        Ok(Listener::Unix {
-            listener,
-            path: path.to_owned(),
-            file,
-        })
+        Ok(Listener::Unix { listener, socket })
     }
 
     /// Where we listen, for the `listening on ...` line.
@@ -117,7 +140,7 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|e| format!("tcp (unknown address: {e})")),
-            Listener::Unix { path, .. } => format!("unix:{}", path.display()),
+            Listener::Unix { socket, .. } => format!("unix:{}", socket.path.display()),
         }
     }
 
@@ -139,8 +162,9 @@ impl Listener {
                 Err("every local user can connect to loopback TCP".into())
             }
             Listener::Tcp(_) => Err("it is a network address".into()),
-            Listener::Unix { path, .. } => {
-                let dir = path
+            Listener::Unix { socket, .. } => {
+                let dir = socket
+                    .path
                     .parent()
                     .filter(|d| !d.as_os_str().is_empty())
                     .unwrap_or(Path::new("."));
@@ -170,21 +194,12 @@ impl Listener {
                 let _ = stream.set_nodelay(true);
                 Ok((Either::Left(stream), peer.to_string()))
             }
-            Listener::Unix { listener, path, .. } => {
+            Listener::Unix { listener, socket } => {
                 let (stream, _) = listener.accept().await?;
-                Ok((Either::Right(stream), format!("unix:{}", path.display())))
-            }
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        // A server started after ours may have found our socket gone quiet (we stopped
-        // accepting) and put its own at the path: that one stays.
-        if let Listener::Unix { path, file, .. } = self {
-            if file_id(path).is_ok_and(|id| id == *file) {
-                let _ = std::fs::remove_file(path);
+                Ok((
+                    Either::Right(stream),
+                    format!("unix:{}", socket.path.display()),
+                ))
             }
         }
     }
@@ -250,12 +265,12 @@ mod tests {
             });
             let winner = live.next().expect("no server listens");
             assert!(live.next().is_none(), "two servers think they listen");
-            let Listener::Unix { file, .. } = &winner else {
+            let Listener::Unix { socket, .. } = &winner else {
                 unreachable!()
             };
             assert_eq!(
                 file_id(&path).unwrap(),
-                *file,
+                socket.id,
                 "the one listening lost its socket"
             );
         }

@@ -4,7 +4,7 @@
 //! agent) and agent forwarding, which open channels back to the client.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::channels::Channels;
 use super::inbox::Inbox;
 use super::process::forward_output;
-use crate::listener::file_id;
+use crate::listener::SocketFile;
 
 /// How long connecting to a forward's target may take before the channel open fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -167,20 +167,6 @@ impl Drop for ListenerTask {
     }
 }
 
-/// A socket file we created: removed when dropped, unless another file has taken its place.
-pub struct SocketFile {
-    path: PathBuf,
-    id: (u64, u64),
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if file_id(&self.path).is_ok_and(|id| id == self.id) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Listens on a unix socket at `path` for a `streamlocal-forward`, as sshd does by default
 /// (`StreamLocalBindMask 0177`, `StreamLocalBindUnlink no`): the socket is 0600 from the moment
 /// it appears at `path`, and a file already there is an error, never replaced. It is bound in a
@@ -197,12 +183,9 @@ pub fn bind_forward_socket(path: &Path) -> std::io::Result<(UnixListener, Socket
     let staged = private.path().join("s");
     let listener = std::os::unix::net::UnixListener::bind(&staged)?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-    let id = file_id(&staged)?;
+    // Ours from before the link: should it fail, what is at `path` is another file and stays.
+    let socket = SocketFile::new(path.to_owned(), &staged)?;
     std::fs::hard_link(&staged, path)?;
-    let socket = SocketFile {
-        path: path.to_owned(),
-        id,
-    };
     listener.set_nonblocking(true)?;
     Ok((UnixListener::from_std(listener)?, socket))
 }
