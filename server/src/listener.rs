@@ -71,6 +71,13 @@ fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
+/// The directory that holds `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// An exclusive lock on the directory that holds `path`, for as long as a server there checks
 /// whether the socket at `path` is stale, removes it and binds its own. Without it two servers
 /// started at once could both find the same stale socket, and the second would remove the
@@ -78,11 +85,7 @@ fn file_id(path: &Path) -> io::Result<(u64, u64)> {
 /// when the directory cannot be opened or locked (within 2 s): the replacement then goes
 /// unguarded.
 fn lock_parent(path: &Path) -> Option<Flock<File>> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut dir = File::open(dir).ok()?;
+    let mut dir = File::open(parent_dir(path)).ok()?;
     // Held for a moment by another server binding there; never wait on a lock held for long.
     for _ in 0..100 {
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
@@ -163,11 +166,7 @@ impl Listener {
             }
             Listener::Tcp(_) => Err("it is a network address".into()),
             Listener::Unix { socket, .. } => {
-                let dir = socket
-                    .path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+                let dir = parent_dir(&socket.path);
                 let meta = std::fs::metadata(dir)
                     .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
                 let me = nix::unistd::geteuid().as_raw();

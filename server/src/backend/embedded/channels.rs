@@ -138,28 +138,22 @@ impl Channels {
     /// (their window granted back), and no entry outlives the channel.
     pub fn remove(&self, id: ChannelId) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        match slots.remove(&id) {
-            Some(Slot::Live(tx)) => tx.close(),
-            // Closed before its consumer came (a channel the server opened, fast client): the
-            // consumer, when it registers, gets what came and the close.
-            Some(Slot::Held {
-                data,
-                awaited: true,
-                ..
-            }) => {
-                let (eof, closed, awaited) = (true, true, true);
-                slots.insert(
-                    id,
-                    Slot::Held {
-                        data,
-                        eof,
-                        closed,
-                        awaited,
-                    },
-                );
-            }
-            // A session channel closed before its command started: nobody will come for it.
-            Some(Slot::Held { awaited: false, .. } | Slot::Early) | None => {}
+        // Closed before its consumer came (a channel the server opened, fast client): the
+        // consumer, when it registers, gets what came and the close.
+        if let Some(Slot::Held {
+            eof,
+            closed,
+            awaited: true,
+            ..
+        }) = slots.get_mut(&id)
+        {
+            (*eof, *closed) = (true, true);
+            return;
+        }
+        // Otherwise nobody will come for it (a session channel closed before its command
+        // started), or its consumer is told.
+        if let Some(Slot::Live(tx)) = slots.remove(&id) {
+            tx.close();
         }
     }
 

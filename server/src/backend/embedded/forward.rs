@@ -18,7 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::channels::Channels;
 use super::inbox::Inbox;
 use super::process::forward_output;
-use crate::listener::SocketFile;
+use crate::listener::{parent_dir, SocketFile};
 
 /// How long connecting to a forward's target may take before the channel open fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -174,10 +174,7 @@ impl Drop for ListenerTask {
 /// other sessions create files meanwhile.
 pub fn bind_forward_socket(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
     use std::os::unix::fs::PermissionsExt;
-    let parent = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = parent_dir(path);
     // A short name: the staged path must fit a socket address wherever `path` does.
     let private = tempfile::Builder::new().prefix(".hsf").tempdir_in(parent)?; // 0700
     let staged = private.path().join("s");
