@@ -25,6 +25,8 @@ pub enum ConnectError {
     TokenMissing { status: u16, hub: String },
     #[error("nothing at {url} (HTTP 404): check the user and server names in the URL, and that the token may access that server")]
     NotFound { url: String },
+    #[error("the server at {url} is serving as many connections as it takes (HTTP 429): end a session there or try again shortly")]
+    Busy { url: String },
     #[error("the server at {url} is not running ({why}): start it with --start (hubssh proxy --start, or hubssh config add --start) or at {hub}/hub/home")]
     ServerNotRunning {
         url: String,
@@ -59,6 +61,7 @@ pub fn from_status(
         401 | 403 if had_token => ConnectError::TokenRejected { status, hub },
         401 | 403 => ConnectError::TokenMissing { status, hub },
         404 => ConnectError::NotFound { url },
+        429 => ConnectError::Busy { url },
         424 | 503 => ConnectError::ServerNotRunning {
             url,
             why: format!("HTTP {status}"),
@@ -109,6 +112,7 @@ mod tests {
         check(403, None, true, "refused the token");
         check(403, None, false, "none was given");
         check(404, None, true, "HTTP 404");
+        check(429, None, true, "as many connections as it takes");
         check(503, None, true, "not running");
         check(424, None, true, "not running");
         check(302, Some("/hub/user/alice/sshd/"), true, "not running");

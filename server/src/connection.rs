@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::Arrival;
 use crate::backend::Keepalive;
 use crate::dialect::{self, Dialect};
 use crate::http;
@@ -19,11 +20,17 @@ use crate::{Auth, Server};
 
 /// Serves one connection to its end. Errors are logged here: one bad client never affects others.
 /// `raw_ssh` says whether SSH without a WebSocket (and so without a token) is served here.
-pub async fn handle<S>(mut stream: S, server: Arc<Server>, raw_ssh: bool, cancel: CancellationToken)
-where
+/// `arrival` lasts until the peer has said what it is; `cancel` ends the connection at shutdown.
+pub async fn handle<S>(
+    mut stream: S,
+    server: Arc<Server>,
+    raw_ssh: bool,
+    arrival: Arrival,
+    cancel: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(sniffed) = until_cancelled(&cancel, dialect::sniff(&mut stream)).await else {
+    let Some(sniffed) = arrival.wait(dialect::sniff(&mut stream)).await else {
         return;
     };
     let dialect = match sniffed {
@@ -42,13 +49,17 @@ where
             warn!("closing raw ssh connection: with --auth hub, a TCP listener takes authenticated WebSockets only")
         }
         Dialect::Ssh(first) => {
+            let _slot = match arrival.admit() {
+                Ok(slot) => slot,
+                Err(full) => return warn!(%full, "closing raw ssh connection"),
+            };
             info!("raw ssh connection");
             // The raw dialect is jupyter-server-proxy's: keep its socket drained (see ReadAhead).
             let stream = ReadAhead::new(Prefixed::new(first, stream));
             // The client behind jupyter-server-proxy is not ours to see: it may be websocat.
             serve_ssh(stream, &server, Keepalive::Eager, cancel).await;
         }
-        Dialect::Http(first) => serve_http(stream, first, &server, cancel).await,
+        Dialect::Http(first) => serve_http(stream, first, &server, arrival, cancel).await,
     }
 }
 
@@ -61,11 +72,16 @@ where
     }
 }
 
-async fn serve_http<S>(mut stream: S, first: Bytes, server: &Server, cancel: CancellationToken)
-where
+async fn serve_http<S>(
+    mut stream: S,
+    first: Bytes,
+    server: &Server,
+    arrival: Arrival,
+    cancel: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(head) = until_cancelled(&cancel, http::read_head(&mut stream, first)).await else {
+    let Some(head) = arrival.wait(http::read_head(&mut stream, first)).await else {
         return;
     };
     let head = match head {
@@ -73,6 +89,16 @@ where
         Err(e) => {
             warn!(%e, "closing connection: bad HTTP request");
             let _ = http::respond(&mut stream, None, 400, "Bad Request", "bad request\n").await;
+            return;
+        }
+    };
+    let _slot = match arrival.admit() {
+        Ok(slot) => slot,
+        Err(full) => {
+            warn!(%full, "refusing request");
+            let body = format!("{full}: try again when a session has ended\n");
+            let (status, reason) = (429, "Too Many Connections");
+            let _ = http::respond(&mut stream, Some(&head.method), status, reason, &body).await;
             return;
         }
     };

@@ -2,12 +2,14 @@
 //! socket), tells WebSocket upgrades from raw SSH, and serves SSH over them with a backend.
 //!
 //! Map: [`listener`] binds and accepts; [`connection`] handles one connection; [`dialect`] sniffs
-//! its first bytes; [`http`] reads request heads; [`upgrade`] completes WebSocket handshakes;
+//! its first bytes; [`admission`] bounds connections that have not said what they are and
+//! those served; [`http`] reads request heads; [`upgrade`] completes WebSocket handshakes;
 //! [`prefixed`] replays sniffed bytes; [`read_ahead`] drains raw sockets; [`hub_auth`] checks hub
 //! tokens; [`backend`] runs the SSH server; [`state`] keeps the host key; [`allocator`] holds the
 //! memory allocator's setting.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod allocator;
 pub mod backend;
 pub mod connection;
@@ -23,16 +25,13 @@ pub mod upgrade;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
+use admission::Admission;
 pub use backend::Backend;
 pub use listener::Listener;
-
-/// Most connections served at once; more wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 512;
 
 /// Pause after a failed accept (for example out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -107,13 +106,9 @@ pub async fn serve(
     let server = Arc::new(server);
     let tracker = TaskTracker::new();
     let sessions = CancellationToken::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(admission::MAX_ARRIVALS, admission::MAX_SESSIONS);
     let mut next_id: u64 = 0;
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = listener.accept() => a,
@@ -129,13 +124,8 @@ pub async fn serve(
         next_id += 1;
         let span = info_span!("conn", id = next_id, %peer);
         let (server, cancel) = (server.clone(), sessions.child_token());
-        tracker.spawn(
-            async move {
-                connection::handle(conn, server, raw_ssh, cancel).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let arrival = admission.arrive(next_id, &cancel);
+        tracker.spawn(connection::handle(conn, server, raw_ssh, arrival, cancel).instrument(span));
     }
     drop(listener);
     tracker.close();

@@ -207,6 +207,39 @@ fn garbage_and_probes_leave_live_sessions_alone() {
 }
 
 #[test]
+fn silent_connections_cannot_crowd_out_a_session() {
+    let env = Env::new();
+    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    // More peers than hubsshd serves at once, each saying nothing or half a request.
+    let silent: Vec<TcpStream> = (0..600)
+        .map(|i| {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"GET /sshd/ HTTP/1.1\r\nHost: x\r\n").unwrap();
+            }
+            s
+        })
+        .collect();
+    // Well within the time a silent peer may take to send its first bytes (30 s).
+    assert_eq!(
+        env.ssh_run("echo through", 20).ok().stdout_text(),
+        "through\n"
+    );
+    // Room was made by closing the peers that had waited longest.
+    let mut oldest = &silent[0];
+    oldest
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(oldest.read(&mut [0u8; 1]).unwrap(), 0);
+    let log = server.log();
+    assert!(
+        log.contains("it sent no request while newer connections kept arriving"),
+        "{log}"
+    );
+    drop(silent);
+}
+
+#[test]
 fn start_up_refusals_are_one_line() {
     let scratch = hubssh_tests::scratch();
     let state = scratch.path().join("state");
