@@ -51,7 +51,10 @@ pub async fn handle<S>(
         Dialect::Ssh(first) => {
             let _slot = match arrival.admit() {
                 Ok(slot) => slot,
-                Err(full) => return warn!(%full, "closing raw ssh connection"),
+                Err(full) => {
+                    warn!(%full, "closing raw ssh connection");
+                    return;
+                }
             };
             info!("raw ssh connection");
             // The raw dialect is jupyter-server-proxy's: keep its socket drained (see ReadAhead).
