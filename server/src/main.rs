@@ -265,23 +265,36 @@ async fn run(args: Args) -> Result<()> {
 
 /// SIGINT and SIGTERM, and SIGHUP (the terminal of a standalone hubsshd closed) unless hubsshd
 /// was started with it ignored (`nohup`), caught.
+///
+/// A signal hubsshd was started ignoring (SIGHUP under `nohup`, SIGQUIT for a `cmd &` of a
+/// script) is caught too and dropped: an ignored signal stays ignored across exec, so the shells
+/// of sessions would inherit it and a closed terminal could not hang up its job. A caught one
+/// is reset to its default in every program hubsshd starts.
 struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
-    hup: Option<tokio::signal::unix::Signal>,
+    hup: tokio::signal::unix::Signal,
+    /// SIGHUP was ignored at start: received ones are dropped.
+    hup_ignored: bool,
+    /// Caught only to keep it from being inherited as ignored; never acted on.
+    _quit: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
     fn install() -> Option<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
+        let ignored = ignored_at_start();
+        let is_ignored = |sig: nix::libc::c_int| ignored & (1 << (sig - 1)) != 0;
         let caught = (|| {
             Ok::<_, std::io::Error>(Signals {
                 int: signal(SignalKind::interrupt())?,
                 term: signal(SignalKind::terminate())?,
-                hup: if hangup_ignored() {
-                    None
+                hup: signal(SignalKind::hangup())?,
+                hup_ignored: is_ignored(nix::libc::SIGHUP),
+                _quit: if is_ignored(nix::libc::SIGQUIT) {
+                    Some(signal(SignalKind::quit())?)
                 } else {
-                    Some(signal(SignalKind::hangup())?)
+                    None
                 },
             })
         })();
@@ -304,13 +317,12 @@ impl Signals {
             let hangup = tokio::select! {
                 _ = self.int.recv() => false,
                 _ = self.term.recv() => false,
-                Some(()) = async {
-                    match &mut self.hup {
-                        Some(hup) => hup.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => true,
+                Some(()) = self.hup.recv() => true,
             };
+            if hangup && self.hup_ignored {
+                tracing::debug!("hangup ignored (hubsshd was started ignoring it)");
+                continue;
+            }
             if hangup && received > 0 {
                 continue;
             }
@@ -326,15 +338,16 @@ impl Signals {
     }
 }
 
-/// Whether SIGHUP was set to be ignored when hubsshd started (`nohup`, or a supervisor that asks
-/// for it): then it stays ignored. Read from /proc (Linux); elsewhere taken as not ignored.
-fn hangup_ignored() -> bool {
+/// The signals set to be ignored when hubsshd started (`nohup`, `cmd &` in a script, or a
+/// supervisor that asks for it), as a mask (bit `n - 1` for signal `n`). Read from /proc
+/// (Linux); elsewhere taken as none.
+fn ignored_at_start() -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
+        return 0;
     };
     status
         .lines()
         .find_map(|l| l.strip_prefix("SigIgn:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (nix::libc::SIGHUP - 1)) != 0)
+        .unwrap_or(0)
 }

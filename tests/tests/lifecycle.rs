@@ -9,14 +9,31 @@ use hubssh_tests::server::Hubsshd;
 
 /// How many processes under `pid`, at any depth, run the program `name`.
 fn descendants_named(pid: u32, name: &str) -> usize {
+    descendant_pids_named(pid, name).len()
+}
+
+/// The processes under `pid`, at any depth, that run the program `name`.
+fn descendant_pids_named(pid: u32, name: &str) -> Vec<u32> {
     children(pid)
         .iter()
-        .map(|child| {
+        .filter_map(|child| child.parse::<u32>().ok())
+        .flat_map(|child| {
             let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
-            let here = usize::from(comm.trim() == name);
-            here + child.parse().map_or(0, |c| descendants_named(c, name))
+            let mut found = descendant_pids_named(child, name);
+            if comm.trim() == name {
+                found.push(child);
+            }
+            found
         })
-        .sum()
+        .collect()
+}
+
+/// Whether process `pid` still runs (a zombie has ended).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
+        .is_some_and(|rest| !rest.starts_with('Z'))
 }
 
 fn sessions_leave_nothing_behind(backend: Backend, route: Route) {
@@ -79,15 +96,7 @@ fn under_nohup_a_hangup_is_ignored() {
         &env.authorized_keys,
         &[],
     );
-    let mut nohup = Command::new("nohup");
-    nohup.arg(cmd.get_program()).args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => nohup.env(k, v),
-            None => nohup.env_remove(k),
-        };
-    }
-    let mut server = Hubsshd::spawn(nohup, socket.clone());
+    let mut server = Hubsshd::spawn(under_nohup(&cmd), socket.clone());
     server.signal(1);
     assert!(
         server.wait_exit(2).is_none(),
@@ -239,21 +248,40 @@ fn an_allocator_option_set_by_the_admin_is_kept() {
     );
 }
 
+/// hubsshd with `backend`, its command line passed through `wrap`, and `Host hub` through hubssh.
+fn start_wrapped(env: &Env, backend: Backend, wrap: fn(&Command) -> Command) -> Hubsshd {
+    let (cmd, socket) = Hubsshd::command(
+        env.path(),
+        backend,
+        Route::Hubssh.listen(),
+        &env.authorized_keys,
+        &[],
+    );
+    let server = Hubsshd::spawn(wrap(&cmd), socket);
+    env.write_config(&env.proxy_command(Route::Hubssh, &server));
+    server
+}
+
+/// `cmd` started as `nohup` starts it: SIGHUP ignored.
+fn under_nohup(cmd: &Command) -> Command {
+    let mut nohup = Command::new("nohup");
+    nohup.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => nohup.env(k, v),
+            None => nohup.env_remove(k),
+        };
+    }
+    nohup
+}
+
 /// hubsshd whose log reader has gone (its parent died, a log collector restarted) goes on
 /// serving, and SIGTERM still stops it: a log line it cannot write is dropped, not a failure.
 #[test]
 fn a_broken_log_pipe_ends_neither_sessions_nor_shutdown() {
     for backend in [Backend::Embedded, Backend::OpenSsh] {
         let env = Env::new();
-        let (cmd, socket) = Hubsshd::command(
-            env.path(),
-            backend,
-            Route::Hubssh.listen(),
-            &env.authorized_keys,
-            &[],
-        );
-        let mut server = Hubsshd::spawn(with_a_log_reader_that_leaves(&cmd), socket);
-        env.write_config(&env.proxy_command(Route::Hubssh, &server));
+        let mut server = start_wrapped(&env, backend, with_a_log_reader_that_leaves);
         // Its reader takes the `listening on` line and exits: every later line meets EPIPE.
         let out = env.ssh_run("echo still serving", 30);
         assert_eq!(
@@ -289,27 +317,88 @@ fn with_a_log_reader_that_leaves(cmd: &std::process::Command) -> std::process::C
 }
 
 /// A terminal session whose client vanishes (the terminal window closed, ssh killed, the network
-/// gone) hangs up its shell, as OpenSSH does: nothing stays behind on the server.
+/// gone) hangs up its shell, as OpenSSH does: nothing stays behind on the server. Also when what
+/// was typed last is still waiting for a program that does not read it (a paste into `sleep`).
 #[test]
 fn a_vanished_client_hangs_up_its_shell() {
     for backend in [Backend::Embedded, Backend::OpenSsh] {
+        for typing in [Typing::Command, Typing::AheadOfIt] {
+            let env = Env::new();
+            let server = env.start(backend, Route::Hubssh, &[]);
+            vanish_from_a_terminal(&env, &server, &format!("{backend:?}, {typing:?}"), typing);
+        }
+    }
+}
+
+/// Under `nohup` (hubsshd started with SIGHUP ignored), sessions still get their hang-up: what
+/// hubsshd was started ignoring is not what the shells it starts ignore.
+#[test]
+fn under_nohup_a_vanished_client_still_hangs_up_its_shell() {
+    for backend in [Backend::Embedded, Backend::OpenSsh] {
         let env = Env::new();
-        let server = env.start(backend, Route::Hubssh, &[]);
-        let mut ssh = env.spawn_ssh(&["-tt", "hub"], Stdio::piped());
-        server.wait_for_login();
-        // A program running in the foreground, as when a laptop's lid closes mid-command.
-        let mut stdin = ssh.stdin.take().expect("stdin");
-        stdin.write_all(b"sleep 300\n").expect("type a command");
-        let sleeping = procs::wait_until(10, || descendants_named(server.pid(), "sleep") > 0);
-        assert!(sleeping, "{backend:?}: the typed command did not start");
-        procs::kill_tree(&mut ssh);
-        let _ = ssh.wait();
-        drop(stdin);
-        server.assert_nothing_left(
-            15,
-            &format!("{backend:?}: left behind after the client vanished"),
+        let server = start_wrapped(&env, backend, under_nohup);
+        vanish_from_a_terminal(
+            &env,
+            &server,
+            &format!("{backend:?} under nohup"),
+            Typing::None,
         );
     }
+}
+
+/// How `sleep 300` comes to run in the terminal session of [`vanish_from_a_terminal`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Typing {
+    /// Typed into the shell.
+    Command,
+    /// Typed, then more lines than the terminal holds, which `sleep` never reads.
+    AheadOfIt,
+    /// Not typed: the session's command (`ssh -tt hub 'sleep 300'`).
+    None,
+}
+
+/// Runs `sleep 300` in a terminal session, kills the client, and checks that nothing is left
+/// on the server.
+fn vanish_from_a_terminal(env: &Env, server: &Hubsshd, what: &str, typing: Typing) {
+    let args: &[&str] = match typing {
+        Typing::None => &["-tt", "hub", "sleep 300"],
+        _ => &["-tt", "hub"],
+    };
+    let mut ssh = env.spawn_ssh(args, Stdio::piped());
+    server.wait_for_login();
+    // A program running in the foreground, as when a laptop's lid closes mid-command.
+    let mut stdin = ssh.stdin.take().expect("stdin");
+    if typing != Typing::None {
+        stdin.write_all(b"sleep 300\n").expect("type a command");
+    }
+    let sleeping = procs::wait_until(10, || descendants_named(server.pid(), "sleep") > 0);
+    assert!(sleeping, "{what}: the typed command did not start");
+    let sleep = descendant_pids_named(server.pid(), "sleep");
+    let typist = (typing == Typing::AheadOfIt).then(|| {
+        std::thread::spawn(move || {
+            // Complete lines, which the terminal keeps until its input queue is full.
+            let lines = b"y\n".repeat(1 << 20);
+            let _ = stdin.write_all(&lines);
+        })
+    });
+    if typist.is_some() {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    procs::kill_tree(&mut ssh);
+    let _ = ssh.wait();
+    if let Some(typist) = typist {
+        let _ = typist.join();
+    }
+    server.assert_nothing_left(
+        15,
+        &format!("{what}: left behind after the client vanished"),
+    );
+    // Not just gone from under hubsshd (an orphan that ignored its hang-up moves to init).
+    let ended = procs::wait_until(5, || !sleep.iter().any(|&pid| running(pid)));
+    assert!(
+        ended,
+        "{what}: the foreground job {sleep:?} outlived its terminal"
+    );
 }
 
 /// A command writing more than the client takes, when the client vanishes: its output pipe is

@@ -282,29 +282,42 @@ async fn run_pty(
 
     // Ends when the channel does (closed by the client, or its connection gone): the handler
     // drops the control sender then. The client's EOF alone, like OpenSSH, leaves the shell be.
+    // A write waits while the terminal's input queue is full (a paste into a program that does
+    // not read): the channel's end and its signals are heard meanwhile, and a resize waits for
+    // the write (it needs the terminal's writer).
     let mut input = tokio::spawn(async move {
         let (mut inbox, mut writer, mut eof) = (inbox, Some(writer), false);
+        let mut resize = None;
         loop {
-            tokio::select! {
-                data = inbox.recv(), if !eof => match data {
-                    Some(data) => {
-                        if let Some(w) = writer.as_mut() {
-                            if w.write_all(&data).await.is_err() {
-                                writer = None;
-                            }
-                        }
+            if let (Some((cols, rows)), Some(w)) = (resize.take(), &writer) {
+                let _ = w.resize(pty_process::Size::new(rows, cols));
+            }
+            let data = tokio::select! {
+                data = inbox.recv(), if !eof => data,
+                c = control.recv() => {
+                    match c {
+                        Some(c) => resize = control_pty(c, pgid).or(resize),
+                        None => return,
                     }
-                    None => eof = true,
-                },
-                c = control.recv() => match c {
-                    Some(Control::Resize { cols, rows }) => {
-                        if let Some(w) = &writer {
-                            let _ = w.resize(pty_process::Size::new(rows.max(1), cols.max(1)));
-                        }
-                    }
-                    Some(Control::Signal(sig)) => signal_group(pgid, &sig),
-                    None => return,
-                },
+                    continue;
+                }
+            };
+            let Some(data) = data else {
+                eof = true;
+                continue;
+            };
+            let mut rest = &data[..];
+            while let (false, Some(w)) = (rest.is_empty(), writer.as_mut()) {
+                tokio::select! {
+                    n = w.write(rest) => match n {
+                        Ok(n) if n > 0 => rest = &rest[n..],
+                        _ => writer = None,
+                    },
+                    c = control.recv() => match c {
+                        Some(c) => resize = control_pty(c, pgid).or(resize),
+                        None => return,
+                    },
+                }
             }
         }
     });
@@ -331,6 +344,18 @@ async fn run_pty(
     };
     input.abort();
     status
+}
+
+/// Acts on a terminal request: a signal is sent at once; a resize, which needs the terminal's
+/// writer, is returned (rows and columns at least 1) for its owner to apply.
+fn control_pty(control: Control, pgid: Option<Pid>) -> Option<(u16, u16)> {
+    match control {
+        Control::Resize { cols, rows } => Some((cols.max(1), rows.max(1))),
+        Control::Signal(sig) => {
+            signal_group(pgid, &sig);
+            None
+        }
+    }
 }
 
 /// Copies a command's output to the channel until EOF (a pty reports EIO once the shell is gone).
