@@ -1,7 +1,7 @@
 //! hubsshd's per-user state directory and the host key kept in it, so that ssh sees the same
 //! host key across restarts wherever the home directory persists.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -54,21 +54,47 @@ pub fn ensure_host_key(dir: &Path) -> Result<(PathBuf, PrivateKey), StateError> 
         path: path.clone(),
         reason,
     };
+    let load = |path: &Path| russh::keys::load_secret_key(path, None).map_err(|e| e.to_string());
     let key = if path.exists() {
-        russh::keys::load_secret_key(&path, None).map_err(|e| fail(e.to_string()))?
+        load(&path)
     } else {
-        let key = PrivateKey::random(
-            &mut russh::keys::key::safe_rng(),
-            russh::keys::Algorithm::Ed25519,
-        )
-        .map_err(|e| fail(e.to_string()))?;
-        key.write_openssh_file(&path, russh::keys::ssh_key::LineEnding::LF)
-            .map_err(|e| fail(e.to_string()))?;
-        key
-    };
+        create_host_key(dir, &path, load)
+    }
+    .map_err(fail)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| fail(e.to_string()))?;
     Ok((path, key))
+}
+
+/// Generates a host key and puts it at `path` whole (written 0600 beside it, then linked into
+/// place), unless another hubsshd on the same directory got there first: then that key (`load`),
+/// so both serve one key. A crash leaves no half-written key behind.
+fn create_host_key(
+    dir: &Path,
+    path: &Path,
+    load: impl Fn(&Path) -> Result<PrivateKey, String>,
+) -> Result<PrivateKey, String> {
+    let key = PrivateKey::random(
+        &mut russh::keys::key::safe_rng(),
+        russh::keys::Algorithm::Ed25519,
+    )
+    .map_err(|e| e.to_string())?;
+    let text = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| e.to_string())?;
+    let mut staged = tempfile::Builder::new()
+        .prefix(".host-key-")
+        .tempfile_in(dir)
+        .map_err(|e| e.to_string())?;
+    staged
+        .write_all(text.as_bytes())
+        .and_then(|()| staged.as_file().sync_all())
+        .map_err(|e| e.to_string())?;
+    match staged.persist_noclobber(path) {
+        Ok(_) => Ok(key),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => load(path),
+        Err(e) => Err(e.error.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -94,5 +120,23 @@ mod tests {
         assert_eq!(mode, 0o600);
         let (_, again) = ensure_host_key(tmp.path()).unwrap();
         assert_eq!(first.public_key().key_data(), again.public_key().key_data());
+    }
+
+    #[test]
+    fn hubsshds_starting_together_agree_on_one_host_key() {
+        for _ in 0..10 {
+            let tmp = tempfile::tempdir().unwrap();
+            let keys: Vec<_> = std::thread::scope(|s| {
+                let starts: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| ensure_host_key(tmp.path()).unwrap().1))
+                    .collect();
+                starts.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            for key in &keys[1..] {
+                assert_eq!(key.public_key().key_data(), keys[0].public_key().key_data());
+            }
+            let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+            assert_eq!(names.len(), 1, "only the host key is left: {names:?}");
+        }
     }
 }
