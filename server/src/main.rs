@@ -199,7 +199,10 @@ async fn run(args: Args) -> Result<()> {
                     "refusing --ssh-auth tunnel as root: anyone reaching the tunnel would be root without a key. Use --ssh-auth keys (or --allow-root-tunnel where root is the only user)"
                 ),
                 SshAuthArg::Tunnel => SshAuth::Tunnel,
-                SshAuthArg::Keys => SshAuth::Keys(user.home.join(&args.authorized_keys)),
+                SshAuthArg::Keys => SshAuth::Keys {
+                    file: user.home.join(&args.authorized_keys),
+                    home: user.home.clone(),
+                },
             };
             Backend::Embedded(Embedded::new(
                 host_key,

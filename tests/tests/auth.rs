@@ -53,6 +53,47 @@ fn keys_policy_rejects_unknown_keys_and_rereads_the_file() {
     assert_eq!(with_other("echo in").ok().stdout_text(), "in\n");
 }
 
+/// As sshd's StrictModes: a listed key is refused while the authorized_keys file, or a
+/// directory above it, is writable by others (who could have listed their own key), with the
+/// reason in hubsshd's log; tightening the mode lets it in at the next attempt.
+#[test]
+fn keys_policy_refuses_a_file_others_could_have_written() {
+    let env = Env::new();
+    let server = env.start(Backend::Embedded, Route::Hubssh, &[]);
+    let mode = |path: &std::path::Path, m: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let dir = env.authorized_keys.parent().unwrap().to_owned();
+    let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    for (loose, m) in [(&env.authorized_keys, 0o666), (&dir, 0o777)] {
+        let before = std::fs::metadata(loose).unwrap().permissions().mode();
+        mode(loose, m);
+        let out = env.ssh_run("true", 30);
+        assert_eq!(
+            out.status.code(),
+            Some(255),
+            "{} at {m:o} let a key in",
+            loose.display()
+        );
+        assert!(
+            out.stderr_text().contains("Permission denied"),
+            "{}",
+            out.stderr_text()
+        );
+        assert!(
+            server.log().contains("writable by others"),
+            "no reason in the log:\n{}",
+            server.log()
+        );
+        mode(loose, before);
+    }
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode(),
+        dir_mode
+    );
+    assert_eq!(env.ssh_run("echo in", 30).ok().stdout_text(), "in\n");
+}
+
 #[test]
 fn tunnel_policy_on_a_private_unix_socket_needs_no_key() {
     let env = Env::new();

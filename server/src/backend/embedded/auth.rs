@@ -1,6 +1,7 @@
 //! SSH authentication for the embedded server: `tunnel` (the tunnel was already authenticated for
 //! this server's owner) or `keys` (the user's `authorized_keys`, re-read on every attempt).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::{AuthorizedKeys, PublicKey};
@@ -11,15 +12,16 @@ use tracing::{debug, warn};
 pub enum SshAuth {
     /// Anyone who got through the tunnel is the owner: no key needed.
     Tunnel,
-    /// A key listed in this authorized_keys file.
-    Keys(PathBuf),
+    /// A key listed in this authorized_keys file, trusted only while nobody but the user (or
+    /// root) can change it: see [`untrusted`].
+    Keys { file: PathBuf, home: PathBuf },
 }
 
 impl SshAuth {
     pub fn name(&self) -> &'static str {
         match self {
             SshAuth::Tunnel => "tunnel",
-            SshAuth::Keys(_) => "keys",
+            SshAuth::Keys { .. } => "keys",
         }
     }
 }
@@ -41,10 +43,56 @@ fn unenforced_options(entry: &russh::keys::ssh_key::authorized_keys::Entry) -> V
         .collect()
 }
 
-/// Whether `key` is listed in the authorized_keys file at `path`. A missing or unreadable file
-/// lists nothing. Keys are compared by key data only; an entry with options the embedded server
-/// does not enforce lets nobody in (with a warning saying why).
-pub fn is_authorized(path: &Path, key: &PublicKey) -> bool {
+/// Why the authorized_keys file at `path` cannot be trusted to say who logs in as the user
+/// `uid`, or `None` when it can: as sshd's `StrictModes`, the file (a regular file) and every
+/// directory above it, up to the home directory `home` where the file lies within it and up to
+/// `/` otherwise, must be owned by the user or root and writable by nobody else, or another
+/// user could add a key. A missing file is left to the read (it lists nothing).
+fn untrusted(path: &Path, home: &Path, uid: u32) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
+    for (i, p) in real.ancestors().enumerate() {
+        let meta = match std::fs::metadata(p) {
+            Ok(meta) => meta,
+            Err(e) => return Some(format!("cannot check {}: {e}", p.display())),
+        };
+        if i == 0 && !meta.is_file() {
+            return Some(format!("{} is not a regular file", p.display()));
+        }
+        if meta.uid() != uid && meta.uid() != 0 {
+            return Some(format!(
+                "{} is owned by another user (uid {})",
+                p.display(),
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Some(format!(
+                "{} is writable by others than its owner (mode {:o}; chmod go-w)",
+                p.display(),
+                meta.mode() & 0o7777
+            ));
+        }
+        if p == home {
+            break;
+        }
+    }
+    None
+}
+
+/// Whether `key` is listed in the authorized_keys file at `path` (of the user whose home is
+/// `home`). A missing or unreadable file lists nothing, nor does one others could have written
+/// (with a warning saying why). Keys are compared by key data only; an entry with options the
+/// embedded server does not enforce lets nobody in (with a warning saying why).
+pub fn is_authorized(path: &Path, home: &Path, key: &PublicKey) -> bool {
+    if let Some(reason) = untrusted(path, home, nix::unistd::geteuid().as_raw()) {
+        warn!(
+            path = %path.display(),
+            %reason,
+            "refusing every key: authorized_keys could have been written by another user"
+        );
+        return false;
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -92,7 +140,7 @@ mod tests {
             ),
         )
         .unwrap();
-        assert!(is_authorized(&path, listed.public_key()));
+        assert!(is_authorized(&path, dir.path(), listed.public_key()));
         // Meant to be limited: not let in rather than let in without the limits.
         for options in [
             "no-pty",
@@ -101,12 +149,61 @@ mod tests {
             "from=\"10.0.0.0/8\",no-user-rc",
         ] {
             std::fs::write(&path, format!("{options} {line}\n")).unwrap();
-            assert!(!is_authorized(&path, listed.public_key()), "{options}");
+            assert!(
+                !is_authorized(&path, dir.path(), listed.public_key()),
+                "{options}"
+            );
         }
-        assert!(!is_authorized(&path, other.public_key()));
+        assert!(!is_authorized(&path, dir.path(), other.public_key()));
         assert!(!is_authorized(
             &dir.path().join("missing"),
+            dir.path(),
             listed.public_key()
         ));
+    }
+
+    #[test]
+    fn a_file_others_could_write_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        let uid = nix::unistd::geteuid().as_raw();
+        let home = tempfile::tempdir().unwrap();
+        let ssh = home.path().join(".ssh");
+        std::fs::create_dir(&ssh).unwrap();
+        mode(&ssh, 0o700);
+        let file = ssh.join("authorized_keys");
+        std::fs::write(&file, "").unwrap();
+        mode(&file, 0o644);
+        assert_eq!(untrusted(&file, home.path(), uid), None);
+        // Only the home directory and below count when the file is inside it.
+        mode(home.path(), 0o755);
+        assert_eq!(untrusted(&file, home.path(), uid), None);
+        for (what, path, loose) in [
+            ("file", &file, 0o666),
+            ("file", &file, 0o620),
+            (".ssh", &ssh, 0o777),
+            ("home", &home.path().to_owned(), 0o775),
+        ] {
+            let before = std::fs::metadata(path).unwrap().permissions().mode();
+            mode(path, loose);
+            let reason = untrusted(&file, home.path(), uid);
+            assert!(
+                reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("writable by others")),
+                "{what} {loose:o}: {reason:?}"
+            );
+            mode(path, before);
+        }
+        // Outside the home directory every directory up to / counts: /tmp is everyone's.
+        assert!(untrusted(&file, &home.path().join("elsewhere"), uid).is_some());
+        assert!(untrusted(&ssh, home.path(), uid).is_some_and(|r| r.contains("not a regular file")));
+        if uid == 0 {
+            // Owned by someone else (checkable as root only).
+            nix::unistd::chown(&file, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            assert!(untrusted(&file, home.path(), uid).is_some_and(|r| r.contains("another user")));
+        }
     }
 }

@@ -78,8 +78,8 @@ impl Handler {
 
     fn key_allowed(&self, user: &str, key: &PublicKey) -> Auth {
         match &self.shared.auth {
-            SshAuth::Keys(path) if auth::is_authorized(path, key) => Auth::Accept,
-            SshAuth::Keys(_) => {
+            SshAuth::Keys { file, home } if auth::is_authorized(file, home, key) => Auth::Accept,
+            SshAuth::Keys { .. } => {
                 info!(user, "public key not in authorized_keys");
                 reject()
             }
@@ -259,7 +259,7 @@ impl russh::server::Handler for Handler {
                 self.logged_in.notify_one();
                 Auth::Accept
             }
-            SshAuth::Keys(_) => reject(),
+            SshAuth::Keys { .. } => reject(),
         })
     }
 
