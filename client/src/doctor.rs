@@ -15,6 +15,21 @@ use crate::token::Token;
 /// How long the SSH server may take to send its banner.
 const BANNER_WAIT: Duration = Duration::from_secs(15);
 
+/// How long one network step (DNS, the proxy, TLS) may take before it counts as failed: as
+/// long as `hubssh proxy` waits for the whole connection.
+const STEP_WAIT: Duration = connect::CONNECT_TIMEOUT;
+
+/// `step`, or a failure when it has not finished within [`STEP_WAIT`] (a host that takes the
+/// TCP connection and never answers TLS, a DNS server that does not answer).
+async fn within<T, E: std::fmt::Display>(
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STEP_WAIT, step).await {
+        Ok(done) => done.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", STEP_WAIT.as_secs())),
+    }
+}
+
 /// Longest identification line read (RFC 4253 4.2 allows 255 bytes).
 const MAX_BANNER: usize = 255;
 
@@ -49,7 +64,7 @@ pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<b
     // 1-2. DNS and TCP, or the proxy (which resolves and connects for us).
     if let Some(proxy) = &opts.proxy {
         let start = Instant::now();
-        match proxy.connect(&endpoint.host_port()).await {
+        match within(proxy.connect(&endpoint.host_port())).await {
             Ok(_) => report.ok(
                 "proxy",
                 &format!(
@@ -69,7 +84,12 @@ pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<b
             }
         }
     } else {
-        let addrs = match tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await {
+        let addrs = match within(tokio::net::lookup_host((
+            endpoint.host.as_str(),
+            endpoint.port,
+        )))
+        .await
+        {
             Ok(a) => a.collect::<Vec<_>>(),
             Err(e) => {
                 report.fail(
@@ -118,7 +138,7 @@ pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<b
 
     // 3. TLS.
     if endpoint.tls {
-        match connect::transport(&endpoint, &opts).await {
+        match within(connect::transport(&endpoint, &opts)).await {
             Ok(_) => report.ok("TLS", &format!("certificate valid for {}", endpoint.host)),
             Err(e) => {
                 report.fail(

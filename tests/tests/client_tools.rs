@@ -468,6 +468,34 @@ fn failed_line(out: &Finished) -> String {
         .to_owned()
 }
 
+/// A host that takes the TCP connection and never answers TLS (a black-holing firewall or load
+/// balancer): doctor says the TLS step failed, and ends, instead of waiting for ever.
+#[test]
+fn doctor_gives_up_on_a_host_that_never_answers_tls() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/user/x/sshd/", silent.local_addr().unwrap());
+    // Doctor connects twice (the TCP step, then TLS): every connection is taken and held.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let env = Env::new();
+    let out = doctor(&env.path().join("cfg"), &[&url]);
+    let line = failed_line(&out);
+    assert!(
+        line.contains("TLS") && line.contains("no answer within"),
+        "{}",
+        out.stdout_text()
+    );
+    assert!(
+        out.stdout_text().contains("ok    TCP"),
+        "{}",
+        out.stdout_text()
+    );
+}
+
 #[test]
 fn doctor_pinpoints_the_failing_hop() {
     let hub = hub();
