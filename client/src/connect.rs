@@ -211,14 +211,32 @@ async fn tls(
         })
 }
 
-/// rustls wraps its error in an io::Error; dig it out so the message names the certificate problem.
+/// rustls wraps its error in an io::Error; dig it out so the message names the certificate
+/// problem and what to do about that one: a private CA, a wrong host name and a wrong clock are
+/// fixed in different places.
 fn tls_reason(err: &std::io::Error) -> String {
+    use rustls::CertificateError as Cert;
     match err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
         Some(rustls::Error::InvalidCertificate(c)) => {
-            format!("the server's certificate is not trusted ({c:?})")
+            let todo = match c {
+                Cert::UnknownIssuer | Cert::BadSignature => {
+                    ". If the hub uses a private CA, pass --cacert FILE or set SSL_CERT_FILE"
+                }
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                    ". Check the host name in the URL: the certificate names another"
+                }
+                Cert::Expired
+                | Cert::ExpiredContext { .. }
+                | Cert::NotValidYet
+                | Cert::NotValidYetContext { .. } => {
+                    ". Check this computer's clock; if it is right, the hub's certificate needs renewing"
+                }
+                _ => "",
+            };
+            format!("the server's certificate is not trusted: {c}{todo}")
         }
         Some(other) => other.to_string(),
         None => err.to_string(),
@@ -352,6 +370,25 @@ async fn handshake(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn each_certificate_problem_says_what_to_do() {
+        use rustls::CertificateError as Cert;
+        let reason =
+            |c: Cert| tls_reason(&std::io::Error::other(rustls::Error::InvalidCertificate(c)));
+        assert!(reason(Cert::UnknownIssuer).contains("--cacert"));
+        let name = reason(Cert::NotValidForName);
+        assert!(
+            name.contains("host name") && !name.contains("--cacert"),
+            "{name}"
+        );
+        for time in [Cert::Expired, Cert::NotValidYet] {
+            let r = reason(time);
+            assert!(r.contains("clock") && !r.contains("--cacert"), "{r}");
+        }
+        let other = tls_reason(&std::io::Error::other(rustls::Error::HandshakeNotComplete));
+        assert!(!other.contains("--cacert"), "{other}");
+    }
     use super::*;
 
     #[test]

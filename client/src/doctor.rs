@@ -144,7 +144,7 @@ pub async fn run(url: &str, token: Option<Token>, net: &Net) -> anyhow::Result<b
                 report.fail(
                     "TLS",
                     &e.to_string(),
-                    "a private CA: --cacert FILE or SSL_CERT_FILE",
+                    "", // the certificate's problem comes with what to do about it
                 );
                 return Ok(false);
             }

@@ -13,7 +13,7 @@ pub enum ConnectError {
     Tcp { authority: String, reason: String },
     #[error("no answer from {authority} within {secs} s")]
     Timeout { authority: String, secs: u64 },
-    #[error("TLS with {host} failed: {reason}. If the hub uses a private CA, pass --cacert FILE or set SSL_CERT_FILE")]
+    #[error("TLS with {host} failed: {reason}")]
     Tls { host: String, reason: String },
     #[error("{0}")]
     Setup(String),
