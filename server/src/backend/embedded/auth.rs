@@ -46,8 +46,8 @@ fn unenforced_options(entry: &russh::keys::ssh_key::authorized_keys::Entry) -> V
 /// Why the authorized_keys file at `path` cannot be trusted to say who logs in as the user
 /// `uid`, or `None` when it can: as sshd's `StrictModes`, the file (a regular file) and every
 /// directory above it, up to the home directory `home` where the file lies within it and up to
-/// `/` otherwise, must be owned by the user or root and writable by nobody else, or another
-/// user could add a key. A missing file is left to the read (it lists nothing).
+/// `/` otherwise, must be owned by the user or root and writable by nobody else (writable by its
+/// group only where the owner is that group's one member), or another user could add a key. A missing file is left to the read (it lists nothing).
 fn untrusted(path: &Path, home: &Path, uid: u32) -> Option<String> {
     let real = std::fs::canonicalize(path).ok()?;
     let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
@@ -66,7 +66,8 @@ fn untrusted(path: &Path, home: &Path, uid: u32) -> Option<String> {
                 meta.uid()
             ));
         }
-        if meta.mode() & 0o022 != 0 {
+        let group_writable = meta.mode() & 0o020 != 0 && !group_is_only(meta.gid(), meta.uid());
+        if meta.mode() & 0o002 != 0 || group_writable {
             return Some(format!(
                 "{} is writable by others than its owner (mode {:o}; chmod go-w)",
                 p.display(),
@@ -78,6 +79,36 @@ fn untrusted(path: &Path, home: &Path, uid: u32) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the group `gid` has one member, the user `owner`: as a primary group (in /etc/passwd)
+/// or a supplementary one. Then a path writable by that group is writable by its owner alone, as
+/// Debian's and Ubuntu's sshd allow: user-private groups, and images whose home directory is
+/// group-writable for a group only the user is in.
+fn group_is_only(gid: u32, owner: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let (Ok(Some(group)), Ok(Some(user))) = (
+        Group::from_gid(Gid::from_raw(gid)),
+        User::from_uid(Uid::from_raw(owner)),
+    ) else {
+        return false;
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let mut members = 0;
+    for entry in passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+        if entry.len() >= 4 && entry[3].parse() == Ok(gid) {
+            if entry[2].parse() != Ok(owner) {
+                return false;
+            }
+            members += 1;
+        }
+    }
+    match group.mem.as_slice() {
+        [] => {}
+        [only] if *only == user.name => members += 1,
+        _ => return false,
+    }
+    members > 0
 }
 
 /// Whether `key` is listed in the authorized_keys file at `path` (of the user whose home is
@@ -182,9 +213,9 @@ mod tests {
         assert_eq!(untrusted(&file, home.path(), uid), None);
         for (what, path, loose) in [
             ("file", &file, 0o666),
-            ("file", &file, 0o620),
+            ("file", &file, 0o602),
             (".ssh", &ssh, 0o777),
-            ("home", &home.path().to_owned(), 0o775),
+            ("home", &home.path().to_owned(), 0o757),
         ] {
             let before = std::fs::metadata(path).unwrap().permissions().mode();
             mode(path, loose);
@@ -197,10 +228,20 @@ mod tests {
             );
             mode(path, before);
         }
+        // Writable by its group: trusted only where the owner is the group's one member.
+        mode(&file, 0o664);
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(
+            untrusted(&file, home.path(), uid).is_none(),
+            group_is_only(meta.gid(), meta.uid())
+        );
+        mode(&file, 0o644);
         // Outside the home directory every directory up to / counts: /tmp is everyone's.
         assert!(untrusted(&file, &home.path().join("elsewhere"), uid).is_some());
         assert!(untrusted(&ssh, home.path(), uid).is_some_and(|r| r.contains("not a regular file")));
         if uid == 0 {
+            // nogroup is nobody's primary group, so it has a member who is not root.
+            assert!(!group_is_only(65534, 0));
             // Owned by someone else (checkable as root only).
             nix::unistd::chown(&file, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
             assert!(untrusted(&file, home.path(), uid).is_some_and(|r| r.contains("another user")));
