@@ -266,8 +266,8 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// SIGINT and SIGTERM, and SIGHUP (the terminal of a standalone hubsshd closed) unless hubsshd
-/// was started with it ignored (`nohup`), caught.
+/// SIGINT, SIGTERM and SIGHUP (the terminal of a standalone hubsshd closed) shut hubsshd down,
+/// SIGHUP only when hubsshd was not started ignoring it (`nohup`).
 ///
 /// A signal hubsshd was started ignoring (SIGHUP under `nohup`, SIGQUIT for a `cmd &` of a
 /// script) is caught too and dropped: an ignored signal stays ignored across exec, so the shells

@@ -47,7 +47,8 @@ fn unenforced_options(entry: &russh::keys::ssh_key::authorized_keys::Entry) -> V
 /// `uid`, or `None` when it can: as sshd's `StrictModes`, the file (a regular file) and every
 /// directory above it, up to the home directory `home` where the file lies within it and up to
 /// `/` otherwise, must be owned by the user or root and writable by nobody else (writable by its
-/// group only where the owner is that group's one member), or another user could add a key. A missing file is left to the read (it lists nothing).
+/// group only where the owner is that group's one member), or another user could add a key.
+/// A missing file is left to the read (it lists nothing).
 fn untrusted(path: &Path, home: &Path, uid: u32) -> Option<String> {
     let real = std::fs::canonicalize(path).ok()?;
     let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
