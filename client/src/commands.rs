@@ -338,24 +338,39 @@ pub async fn start_server(api: &HubApi, user: &str, server: &str) -> anyhow::Res
     } else {
         format!("{user}'s server {server:?}")
     };
-    let answer = api.call("POST", &base, None).await?;
-    match answer.status {
-        201 => {
-            eprintln!("hubssh: {label} started");
-            return Ok(());
-        }
-        202 | 400 => {} // starting, or already running or pending: the progress stream tells
-        401 | 403 | 404 => anyhow::bail!(
-            "cannot start {label}: the hub refused (HTTP {}): the token may not start servers (scope servers or start:servers)",
-            answer.status
-        ),
-        s => {
-            let why = answer
-                .json("the start request")
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            anyhow::bail!("cannot start {label}: HTTP {s} {why}")
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let mut stopping = false;
+    loop {
+        let answer = api.call("POST", &base, None).await?;
+        let why = answer.message().unwrap_or_default();
+        match answer.status {
+            201 => {
+                eprintln!("hubssh: {label} started");
+                return Ok(());
+            }
+            202 => break, // starting: the progress stream tells how it goes
+            // It came up between the tunnel's refusal and this request.
+            400 if why.contains("already running") => return Ok(()),
+            // Still stopping (a stop just asked for, or a server being culled): start it once
+            // it has stopped, as a person would by trying again.
+            400 if why.contains("pending stop") => {
+                if !stopping {
+                    eprintln!("hubssh: {label} is stopping; it will be started once it has stopped");
+                    stopping = true;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!("{label} did not stop within {} s", START_TIMEOUT.as_secs());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            401 | 403 | 404 => anyhow::bail!(
+                "cannot start {label}: the hub refused (HTTP {}): the token may not start servers (scope servers or start:servers)",
+                answer.status
+            ),
+            // The hub's reason: named servers not enabled, the named-server limit, a name the
+            // hub does not accept, a start it refuses.
+            s if why.is_empty() => anyhow::bail!("cannot start {label}: HTTP {s}"),
+            s => anyhow::bail!("cannot start {label}: the hub says (HTTP {s}): {why}"),
         }
     }
     let progress = Progress::new(&label);
@@ -374,7 +389,7 @@ pub async fn start_server(api: &HubApi, user: &str, server: &str) -> anyhow::Res
         }
         true
     });
-    let refused = tokio::time::timeout(START_TIMEOUT, follow)
+    let refused = tokio::time::timeout_at(deadline, follow)
         .await
         .map_err(|_| {
             anyhow::anyhow!("{label} did not start within {} s", START_TIMEOUT.as_secs())
@@ -389,7 +404,7 @@ pub async fn start_server(api: &HubApi, user: &str, server: &str) -> anyhow::Res
             Ok(())
         }
         Some(Err(message)) => anyhow::bail!("{label} failed to start: {message}"),
-        // The stream ended without a verdict: the server was already up (400 "already running").
+        // The stream ended without a verdict: the spawn ended before the stream was opened.
         None => Ok(()),
     }
 }

@@ -52,6 +52,13 @@ impl Answer {
             ))
         })
     }
+
+    /// The hub's own words in an error answer (its JSON `message`), if it gave any.
+    pub fn message(&self) -> Option<String> {
+        let body: Value = serde_json::from_slice(&self.body).ok()?;
+        let text = body["message"].as_str()?.trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    }
 }
 
 impl HubApi {

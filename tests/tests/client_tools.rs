@@ -453,6 +453,68 @@ fn start_brings_a_stopped_server_up() {
     );
 }
 
+/// `--start` on a server that is still stopping waits for the stop, then starts it; a start the
+/// hub refuses comes with the hub's own reason.
+#[test]
+fn start_waits_out_a_stop_and_gives_the_hubs_reason_for_a_refusal() {
+    // Her server takes 5 s to stop (tests/fixtures/jupyterhub_config.py).
+    const SLOW: &str = "hubssh-slowstop";
+    let hub = hub();
+    hub.start_server(SLOW);
+    let env = Env::new();
+    let cfg = env.path().join("cfg");
+    let (token, _) = hub.token(SLOW, None, env.path());
+    let token = token.display().to_string();
+    let proxy = format!(
+        "{} proxy --start --token-file {token} {}",
+        hubssh_tests::bin("hubssh").display(),
+        hub.sshd_url(SLOW)
+    );
+    let ssh_config = env.path().join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host slow\n  User {SLOW}\n  ProxyCommand {proxy}\n{}",
+            hand_written(&env)
+        ),
+    )
+    .unwrap();
+
+    // A stop asked for and not yet done (the DELETE answers once the server is gone).
+    let stop = std::thread::spawn(|| hub.api("DELETE", &format!("/users/{SLOW}/server"), None));
+    let pending = procs::wait_until(20, || hub.server(SLOW)["pending"] == "stop");
+    assert!(pending, "no pending stop: {}", hub.server(SLOW));
+    let out = ssh_name(&cfg, &ssh_config, "slow");
+    let (status, body) = stop.join().unwrap();
+    assert!(matches!(status, 202 | 204), "stop: {status} {body}");
+    assert!(
+        out.status.success() && out.stdout_text() == "ok\n",
+        "{}\n{}",
+        out.stderr_text(),
+        hub.log_tail()
+    );
+    assert!(
+        out.stderr_text().contains("is stopping"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(hub.server(SLOW)["ready"], true);
+
+    // A server name the hub does not accept: its reason, not a lost start.
+    let bad = format!("{}/user/{SLOW}/Not_A_Slug/sshd/", hub.url());
+    let out = hubssh(
+        &cfg,
+        &["proxy", "--start", "--token-file", &token, &bad],
+        "",
+    );
+    let stderr = out.stderr_text();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot start") && stderr.contains("Invalid server_name"),
+        "{stderr}"
+    );
+}
+
 /// `hubssh doctor` output and status for `target`.
 fn doctor(cfg: &Path, args: &[&str]) -> Finished {
     hubssh(cfg, &[&["doctor"], args].concat(), "")
