@@ -162,8 +162,13 @@ async fn named_server_stopped(
         .call("GET", &commands::users_path(&user), None)
         .await
         .ok()?;
+    if answer.status != 200 {
+        return None;
+    }
     let model = answer.json("GET /hub/api/users").ok()?;
-    if answer.status != 200 || model["servers"][&server]["ready"] == true {
+    // No `servers` at all: the token may read the user but not their servers, so the hub has
+    // not said whether this one runs.
+    if model.get("servers")?[&server]["ready"] == true {
         return None;
     }
     Some(ConnectError::ServerNotRunning {

@@ -159,17 +159,30 @@ impl Hub {
 
     /// Starts `name`'s default server and waits until the hub says it is ready.
     pub fn start_server(&self, name: &str) {
+        self.start_named_server(name, "");
+    }
+
+    /// Starts `name`'s server `server` (empty: the default one) and waits until it is ready.
+    pub fn start_named_server(&self, name: &str, server: &str) {
         self.user(name);
-        let (status, body) = self.api("POST", &format!("/users/{name}/server"), None);
+        let path = if server.is_empty() {
+            format!("/users/{name}/server")
+        } else {
+            format!("/users/{name}/servers/{server}")
+        };
+        let (status, body) = self.api("POST", &path, None);
         assert!(
             matches!(status, 201 | 202 | 400),
-            "starting {name}'s server: HTTP {status} {body}\n{}",
+            "starting {name}'s server {server:?}: HTTP {status} {body}\n{}",
             self.log_tail()
         );
-        let ready = procs::wait_until(90, || self.server(name)["ready"] == Value::Bool(true));
+        let ready = procs::wait_until(90, || {
+            let (_, user) = self.api("GET", &format!("/users/{name}"), None);
+            user["servers"][server]["ready"] == Value::Bool(true)
+        });
         assert!(
             ready,
-            "{name}'s server never got ready:\n{}",
+            "{name}'s server {server:?} never got ready:\n{}",
             self.log_tail()
         );
     }

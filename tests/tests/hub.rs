@@ -143,6 +143,21 @@ fn refusals_say_what_happened() {
         &proxy_command(Some(&plains), &hub.sshd_url(PLAIN)),
         "has no sshd endpoint",
     );
+    // Her named server, reached with a token that may read her user but not her servers (the
+    // hub's model then has no `servers`): still "no endpoint", not "not running".
+    hub.start_named_server(PLAIN, "extra");
+    let scopes = [
+        &format!("access:servers!user={PLAIN}")[..],
+        &format!("read:users!user={PLAIN}"),
+    ];
+    let (narrow, _) = hub.token(PLAIN, Some(&scopes), env.path());
+    let named = format!("{}/user/{PLAIN}/extra/sshd/", hub.url());
+    refused(
+        &env,
+        PLAIN,
+        &proxy_command(Some(&narrow), &named),
+        "has no sshd endpoint",
+    );
 }
 
 #[test]
