@@ -168,10 +168,20 @@ pub fn host_key_alias(host: &Host) -> String {
 /// for the shell. Windows' OpenSSH starts it without a shell: double quotes around spaces only.
 #[cfg(windows)]
 pub fn quote_command(path: &str) -> String {
+    quote_windows_command(path)
+}
+
+/// A Windows program path for a ProxyCommand, with forward slashes: Windows' own OpenSSH
+/// accepts them, and the ssh of Git Bash, MSYS2 and Cygwin runs the command with `sh -c`, which
+/// takes each backslash as an escape and loses it (`C:\Users\a\hubssh.exe` runs as
+/// `C:Usersahubssh.exe`).
+#[cfg_attr(not(windows), allow(dead_code))]
+fn quote_windows_command(path: &str) -> String {
+    let path = path.replace('\\', "/");
     let quoted = if path.contains([' ', '\t']) {
         format!("\"{path}\"")
     } else {
-        path.to_owned()
+        path
     };
     quoted.replace('%', "%%")
 }
@@ -311,6 +321,14 @@ mod tests {
             "\"/opt/a \\\"b\\\"/\\$x\""
         );
         assert_eq!(quote_command("/x/100%/hubssh"), "\"/x/100%%/hubssh\"");
+        assert_eq!(
+            quote_windows_command(r"C:\Users\a b\bin\hubssh.exe"),
+            "\"C:/Users/a b/bin/hubssh.exe\""
+        );
+        assert_eq!(
+            quote_windows_command(r"C:\tools\100%\hubssh.exe"),
+            "C:/tools/100%%/hubssh.exe"
+        );
         assert!(valid_name("my-hub.gpu_1"));
         assert!(!valid_name("a b") && !valid_name("*") && !valid_name(""));
     }
